@@ -1,0 +1,83 @@
+"""The ``ham-bench`` command: the Hydra app over ``configs/train.yaml``.
+
+    ham-bench                                   # the default experiment
+    ham-bench -m ham=off,hyp_star seed=0,1,2    # a Hydra multirun sweep
+    ham-bench resume=outputs/2026-11-27/12-00-00  # continue a run in its own dir
+
+Errors a user can cause (bad values, missing data, unknown names) print one
+line, ``error: ...``, and exit with status 2; the run dir such a run created
+is removed, so no half-made run dir is left behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+USAGE_ERROR = 2
+
+
+def _fail(message: str, run_dir: Path | None) -> None:
+    if run_dir is not None and not (run_dir / "summary.json").exists() \
+            and not (run_dir / "checkpoint.pt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _resumed_config(resume: str) -> DictConfig:
+    checkpoint = Path(resume) / "checkpoint.pt"
+    if not checkpoint.exists():
+        print(f"error: resume={resume}: no checkpoint.pt in that run dir", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    import torch
+
+    cfg = OmegaConf.create(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"])
+    cfg.resume = resume
+    return cfg
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def app(cfg: DictConfig) -> float | None:
+    from ham_bench.data import DatasetNotFoundError
+    from ham_bench.validation import ConfigError, validate_config
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("resume"):
+        cfg = _resumed_config(cfg.resume)
+    try:
+        validate_config(cfg)
+        from ham_bench.run import run_experiment
+
+        summary = run_experiment(cfg, run_dir)
+    except (ConfigError, DatasetNotFoundError) as exc:
+        _fail(str(exc).splitlines()[0], run_dir)
+    except (ValueError, TypeError) as exc:
+        # builders name the offending key in their messages (e.g. "model.name must be one of ...")
+        if "must be" not in str(exc) and "unknown" not in str(exc).lower():
+            raise
+        _fail(str(exc).splitlines()[0], run_dir)
+    return summary.get("final_test_acc")
+
+
+def _resume_overrides(argv: list[str]) -> list[str]:
+    """``resume=DIR`` continues in DIR itself, and Hydra must not rewrite DIR/.hydra."""
+    for arg in argv:
+        if arg.startswith("resume=") and arg.split("=", 1)[1] not in ("", "null"):
+            return [f"hydra.run.dir={arg.split('=', 1)[1]}", "hydra.output_subdir=null"]
+    return []
+
+
+def main() -> None:
+    sys.argv += _resume_overrides(sys.argv[1:])
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""One experiment from a composed config: build data, model, sparsifier, optimizer, train, summarize.
+
+Outputs in the run dir (the contract scripts rely on): ``.hydra/`` (written by
+Hydra), ``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (every epoch)
+and ``summary.json`` (at the end, ``status`` "completed" or "failed"). All are
+written atomically. ``resume=<run dir>`` continues a run in its own dir from
+its checkpoint, with the config stored there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ham_bench import atomic_io
+from ham_bench.data import build_datasets, build_loader
+from ham_bench.loggers import MetricsLogger
+from ham_bench.models import build_model
+from ham_bench.optim import build_optimizer
+from ham_bench.schedule import build_scheduler
+from ham_bench.trainer import NonFiniteLossError, Trainer, TrainerSettings, layer_sparsity
+from sparsifiers import build_sparsifier
+from sparsifiers.base import TrainingContext
+
+log = logging.getLogger("ham_bench")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
+    """Everything one run needs, built in the order the sparsifier interface expects."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = build_datasets(cfg.dataset)
+    pin = device.type == "cuda"
+    train_loader = build_loader(data.train, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                                seed=cfg.seed, drop_last=True, pin_memory=pin)
+    eval_loader = build_loader(data.eval, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                               seed=cfg.seed, pin_memory=pin)
+    model = build_model(cfg.model, data.num_classes, data.in_channels, data.image_size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device)
+    sparsifier = build_sparsifier(cfg.sparsifier)
+    sparsifier.attach(model, context)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_group_overrides())
+    sparsifier.bind_optimizer(optimizer)
+    scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
+    settings = TrainerSettings(
+        epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
+        channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
+        ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction,
+        extra_row={"eval_split": data.eval_split_name})
+    keep_epochs = 0
+    if cfg.get("resume"):
+        keep_epochs = torch.load(Path(cfg.resume) / "checkpoint.pt", map_location="cpu",
+                                 weights_only=False)["epoch"]
+    metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs)
+    trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, metrics_logger,
+                      run_dir, settings, device, seed=cfg.seed,
+                      checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True)})
+    log.info("run dir %s | %s on %s (%d train / %d %s samples) | model %s, %.2fM params | sparsifier %s "
+             "| optimizer %s | HAM %s | device %s", run_dir, data.name, device, len(data.train),
+             len(data.eval), data.eval_split_name, cfg.model.name,
+             sum(p.numel() for p in model.parameters()) / 1e6, sparsifier.name, cfg.optimizer.name,
+             cfg.ham.variant if cfg.ham.enabled else "off", device)
+    return trainer
+
+
+def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: float, error: str | None) -> dict:
+    rows = trainer.metrics_logger.rows if trainer else []
+    last = rows[-1] if rows else {}
+    sparsity = None
+    if trainer is not None:
+        sparsity, _ = layer_sparsity(trainer.sparsifier.effective_weights())
+    return {
+        "status": status,
+        "error": error,
+        "final_test_acc": last.get("test_acc"),
+        "final_test_top5": last.get("test_top5"),
+        "final_test_loss": last.get("test_loss"),
+        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+        "final_sparsity": sparsity,
+        "target_sparsity": float(cfg.sparsifier.get("sparsity", 0.0)),
+        "sign_flips_total": sum(r["sign_flips"] for r in rows),
+        "epochs": len(rows),
+        "epochs_planned": cfg.epochs,
+        "seconds": seconds,
+        "eval_split": last.get("eval_split"),
+        "method": {"sparsifier": cfg.sparsifier.get("name", cfg.sparsifier.get("_target_")),
+                   "optimizer": cfg.optimizer.name,
+                   "ham": cfg.ham.variant if cfg.ham.enabled else "off",
+                   "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
+    }
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train one run and write summary.json; returns the summary."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    trainer = build_trainer(cfg, run_dir)
+    if cfg.get("resume"):
+        trainer.load_checkpoint(Path(cfg.resume) / "checkpoint.pt")
+        log.info("resumed from %s at epoch %d", cfg.resume, trainer.start_epoch)
+    status, error = "completed", None
+    try:
+        trainer.fit()
+    except NonFiniteLossError as exc:
+        status, error = "failed", str(exc)
+        log.error("%s; the run stops, its last good checkpoint is kept in %s", exc, run_dir)
+    except BaseException as exc:  # record why, then let it propagate (Ctrl-C included)
+        summary = summary_of(trainer, cfg, "failed", time.perf_counter() - started, repr(exc))
+        atomic_io.write_json(run_dir / "summary.json", summary)
+        raise
+    summary = summary_of(trainer, cfg, status, time.perf_counter() - started, error)
+    atomic_io.write_json(run_dir / "summary.json", summary)
+    trainer.metrics_logger.finish(summary)
+    if status == "completed":
+        log.info("done: %s acc %.2f%% (best %.2f%%), sparsity %.4f, %d sign flips, %.0fs -> %s",
+                 summary["eval_split"], summary["final_test_acc"], summary["best_test_acc"],
+                 summary["final_sparsity"], summary["sign_flips_total"], summary["seconds"], run_dir)
+    return summary

@@ -10,6 +10,12 @@ Call order inside one training step (see ``ham_bench.trainer``)::
     sparsifier.after_step(step)          # re-apply masks, schedules, regrowth
 
 and once per epoch ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch, stats)``.
+``step`` is the 0-based global step (``epoch * steps_per_epoch + batch``),
+the same value in ``before_step`` and ``after_step``; ``epoch`` is 0-based.
+Every step of the run calls both hooks, skipped optimizer steps included.
+``mask_gradients`` gets no step: a method that must treat the next step's
+gradients specially (RigL) remembers the next step in ``after_step`` and
+``on_epoch_start``.
 
 A sparsifier knows nothing of HAM: it sees the optimizer only through
 ``bind_optimizer`` (to reset or zero optimizer state, e.g. AC/DC's momentum
@@ -20,7 +26,22 @@ optimizer's own objects, so the same code works for every optimizer.
 Layer selection (shared by all methods): the ``weight`` of every Conv*d and
 Linear module, in ``model.named_modules()`` order. ``dense_first`` /
 ``dense_last`` keep the first conv / last linear dense; such layers stay in
-the reports (density 1.0) but are never masked.
+the reports (density 1.0) but are never masked. ``dense_first=None`` (the
+default) means "the convention of the distribution": dense for ``uniform``,
+masked for ``erk`` and ``global`` (methods.md).
+
+Sparsity convention: ``sparsity`` is the target fraction of zeros over the
+masked layers, i.e. the selected layers minus the kept-dense first/last ones
+(RigL's ``custom_sparsity_map`` convention). Layers that ERK itself makes
+dense stay in that count. ``sparsity_report`` gives target and achieved
+sparsity both over the masked layers and over all selected layers.
+
+Weight access in masked methods (the Sign-In contract): a ``MaskedSparsifier``
+reads and writes weights and gradients ONLY through ``self.weight(key)`` and
+``self.weight(key).grad``, and touches optimizer state only through
+``self.zero_state(key, keep)``. A wrapper such as Sign-In overrides these
+two to redirect masking, scoring and state resets to its own tensors, and so
+composes with random, acdc and rigl without their code knowing.
 """
 
 from __future__ import annotations
@@ -30,6 +51,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from sparsifiers.distributions import active_counts, layer_densities, random_masks
+from sparsifiers.registry import register_sparsifier
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -72,25 +96,44 @@ def zero_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor | No
                 value.mul_(keep)
 
 
+def reset_optimizer_state(optimizer) -> None:
+    """Zero the per-element state of every parameter the optimizer holds (AC/DC's momentum reset)."""
+    if optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            zero_optimizer_state(optimizer, param)
+
+
+@register_sparsifier("dense")
 class Sparsifier:
     """Base class and the ``dense`` method: no masking at all.
 
     Subclasses override a few hooks. ``sparsity`` is the target fraction of
-    zeros over the masked layers (dense first/last layers included in the
-    count, as RigL's ERK does).
+    zeros over the masked layers (see the module docstring for the
+    convention); ``seed`` (None: the run's seed) fixes random masks.
     """
 
     name = "dense"
+    distributions: tuple[str, ...] | None = None  # a subclass that uses ``distribution`` lists what it accepts
 
-    def __init__(self, sparsity: float = 0.0, distribution: str = "uniform", dense_first: bool = True,
+    def __init__(self, sparsity: float = 0.0, distribution: str = "uniform", dense_first: bool | None = None,
                  dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None):
         if not 0.0 <= float(sparsity) < 1.0:
             raise ValueError(f"sparsifier.sparsity must be in [0, 1), got {sparsity}")
+        if type(self) is Sparsifier and float(sparsity) != 0.0:
+            raise ValueError(f"sparsifier=dense does not mask: sparsity must be 0, got {sparsity} "
+                             f"(pick a sparse method, e.g. sparsifier=random)")
+        if self.distributions is not None and distribution not in self.distributions:
+            raise ValueError(f"sparsifier.distribution must be one of [{', '.join(self.distributions)}], "
+                             f"got {distribution!r}")
+        if float(power_scale) <= 0:
+            raise ValueError(f"sparsifier.power_scale must be > 0, got {power_scale}")
         self.sparsity = float(sparsity)
         self.distribution = distribution
-        self.dense_first = dense_first
-        self.dense_last = dense_last
-        self.power_scale = power_scale
+        self.dense_first = (distribution == "uniform") if dense_first is None else bool(dense_first)
+        self.dense_last = bool(dense_last)
+        self.power_scale = float(power_scale)
         self.seed = seed
         self.model: nn.Module | None = None
         self.context: TrainingContext | None = None
@@ -130,6 +173,11 @@ class Sparsifier:
         """Called once the optimizer (possibly HAM- or SAM-wrapped) exists."""
         self.optimizer = optimizer
 
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded with ``seed`` (or the run's seed): masks never touch the global RNG."""
+        seed = self.seed if self.seed is not None else (self.context.seed if self.context else 0)
+        return torch.Generator().manual_seed(int(seed))
+
     # ---- per step ----------------------------------------------------------------
     def mask_gradients(self) -> None:
         """Called after every backward pass."""
@@ -165,6 +213,10 @@ class Sparsifier:
         """Target density per selected layer (1.0 for dense ones)."""
         return {f"{name}.weight": 1.0 for name in self.layers}
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """Optional per-epoch values worth logging (e.g. AC/DC's phase); JSON-serialisable."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -175,19 +227,59 @@ class Sparsifier:
 class MaskedSparsifier(Sparsifier):
     """Shared machinery for methods that keep explicit bool masks on layer weights.
 
-    Masks live in ``self.mask_by_name`` keyed ``<layer>.weight``. Gradients of
-    masked entries are zeroed after every backward and weights re-masked after
-    every optimizer step (after HAM too), so masked weights stay exactly zero.
+    Masks live in ``self.mask_by_name`` keyed ``<layer>.weight``, only for
+    layers that are actually masked (kept-dense and density-1 layers have
+    none). Gradients of masked entries are zeroed after every backward and
+    weights re-masked after every optimizer step (after HAM too), so masked
+    weights stay exactly zero. All weight, gradient and optimizer-state access
+    goes through ``weight(key)`` and ``zero_state(key, keep)`` (see the
+    module docstring: Sign-In overrides them).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.mask_by_name: dict[str, torch.Tensor] = {}
+        self.target_density_by_name: dict[str, float] = {}
         self.masking_enabled = True
 
+    # ---- the redirectable access points ----------------------------------------
     def weight(self, key: str) -> torch.Tensor:
+        """The tensor masked and scored for ``key`` (``<layer>.weight``)."""
         return self.layers[key.rsplit(".", 1)[0]].weight
 
+    def zero_state(self, key: str, keep: torch.Tensor | None = None) -> None:
+        """Zero optimizer state of ``key``'s weight where ``keep`` is False (everywhere if None)."""
+        zero_optimizer_state(self.optimizer, self.weight(key), keep)
+
+    # ---- helpers for subclasses ------------------------------------------------
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of every selected layer's weight, by ``<layer>.weight``."""
+        return {f"{name}.weight": tuple(self.weight(f"{name}.weight").shape) for name in self.layers}
+
+    def dense_keys(self) -> list[str]:
+        """Selected layers kept dense by ``dense_first`` / ``dense_last``."""
+        masked = set(self.masked_layer_names())
+        return [f"{name}.weight" for name in self.layers if name not in masked]
+
+    def compute_target_densities(self, distribution: str | None = None) -> dict[str, float]:
+        """Per-layer target densities from ``distribution`` (default: the configured one)."""
+        self.target_density_by_name = layer_densities(
+            distribution or self.distribution, self.layer_shapes(), self.sparsity, self.power_scale,
+            dense_names=self.dense_keys())
+        return self.target_density_by_name
+
+    def draw_random_masks(self) -> None:
+        """Exact-count random masks at the target densities (layers at density 1 get none)."""
+        shapes = self.layer_shapes()
+        drawn = random_masks(shapes, self.target_density_by_name, self.generator())
+        self.mask_by_name = {key: mask.to(self.weight(key).device) for key, mask in drawn.items()
+                             if self.target_density_by_name[key] < 1.0}
+
+    def target_counts(self) -> dict[str, int]:
+        """Exact nonzeros per selected layer at the target densities."""
+        return active_counts(self.layer_shapes(), self.target_density_by_name)
+
+    # ---- hooks ---------------------------------------------------------------------
     @torch.no_grad()
     def apply_masks(self) -> None:
         if not self.masking_enabled:
@@ -210,12 +302,49 @@ class MaskedSparsifier(Sparsifier):
     def masks(self) -> dict[str, torch.Tensor]:
         return dict(self.mask_by_name) if self.masking_enabled else {}
 
+    def target_densities(self) -> dict[str, float]:
+        if not self.target_density_by_name:
+            return super().target_densities()
+        return dict(self.target_density_by_name)
+
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {k: v.clone() for k, v in self.mask_by_name.items()},
                 "masking_enabled": self.masking_enabled}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, mask in state.get("masks", {}).items():
-            self.mask_by_name[key] = mask.to(self.weight(key).device)
+        if "masks" in state:
+            self.mask_by_name = {key: mask.to(self.weight(key).device, torch.bool)
+                                 for key, mask in state["masks"].items()}
         self.masking_enabled = state.get("masking_enabled", True)
         self.apply_masks()
+
+
+def sparsity_report(sparsifier: Sparsifier) -> dict[str, Any]:
+    """Per-layer and global target/achieved sparsity of an attached sparsifier (reads weights: a host sync).
+
+    ``layers``: rows ``{name, shape, params, masked, target_density, target_nonzeros, nonzeros}``.
+    Global values are given over the masked layers and over all selected layers.
+    """
+    weights = sparsifier.effective_weights()
+    targets = sparsifier.target_densities()
+    masked = {f"{name}.weight" for name in sparsifier.masked_layer_names()}
+    rows = []
+    for key, w in weights.items():
+        params = w.numel()
+        density = float(targets.get(key, 1.0))
+        rows.append({"name": key, "shape": tuple(w.shape), "params": params, "masked": key in masked,
+                     "target_density": density, "target_nonzeros": min(params, round(density * params)),
+                     "nonzeros": int(torch.count_nonzero(w))})
+
+    def over(selected):
+        total = sum(r["params"] for r in selected)
+        if not total:
+            return 0.0, 0.0
+        return (1 - sum(r["target_nonzeros"] for r in selected) / total,
+                1 - sum(r["nonzeros"] for r in selected) / total)
+
+    target_masked, achieved_masked = over([r for r in rows if r["masked"]])
+    target_all, achieved_all = over(rows)
+    return {"layers": rows, "target_sparsity": target_masked, "achieved_sparsity": achieved_masked,
+            "target_sparsity_all_layers": target_all, "achieved_sparsity_all_layers": achieved_all,
+            "dense_first": sparsifier.dense_first, "dense_last": sparsifier.dense_last}

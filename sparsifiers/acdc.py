@@ -1,0 +1,210 @@
+"""AC/DC: alternating compressed / decompressed training (Peste et al., NeurIPS 2021).
+
+Schedule (all lengths in ``schedule_unit``: ``epochs``, or ``fraction`` of the
+whole run, turned into steps so it fits any run length)::
+
+    [0, dense_warmup)                          dense warm-up
+    then full cycles of compressed_length + decompressed_length, as many as
+    fit before the final phase; whatever is left before it extends the last
+    decompressed phase
+    [total - final_compressed_length, total)   final compressed phase
+
+With epochs (10, 5, 5, 15) over 100 epochs this is the ImageNet schedule of
+methods.md (compressed 10-14, ..., 70-74; decompressed 15-19, ..., 65-69 and
+75-84; final 85-99); with (10, 20, 20, 30) over 200 epochs the CIFAR one.
+The run always ends compressed.
+
+Compression: magnitude top-k straight to the target over the masked layers
+(``distribution=global``, AC/DC's choice; ``uniform``/``erk`` prune each layer
+to its own density instead); the mask is enforced on gradients after every
+backward and on weights after every step. Decompression: the mask becomes all
+ones (pruned weights restart at 0) and the per-element state of EVERY
+parameter in the optimizer is reset. Choice where the paper is silent: at
+compression, the optimizer state of the newly pruned entries is zeroed too
+(keeps masked entries at zero state; results-neutral for per-element
+optimizers). Phases switch at step boundaries, after ``after_step``, so the
+first step of a phase already runs in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsifiers.base import MaskedSparsifier, TrainingContext, reset_optimizer_state
+from sparsifiers.distributions import active_counts
+from sparsifiers.registry import register_sparsifier
+
+DENSE, COMPRESSED, DECOMPRESSED = "dense", "compressed", "decompressed"
+SCHEDULE_UNITS = ("epochs", "fraction")
+
+
+@register_sparsifier("acdc")
+class ACDCSparsifier(MaskedSparsifier):
+    """AC/DC with a warm-up / alternating / final-compressed schedule and global magnitude pruning."""
+
+    name = "acdc"
+    distributions = ("global", "uniform", "erk")
+
+    def __init__(self, sparsity: float = 0.9, distribution: str = "global", dense_first: bool | None = None,
+                 dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None,
+                 schedule_unit: str = "fraction", dense_warmup: float = 0.1, compressed_length: float = 0.05,
+                 decompressed_length: float = 0.05, final_compressed_length: float = 0.15):
+        super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
+                         dense_last=dense_last, power_scale=power_scale, seed=seed)
+        if schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(f"sparsifier.schedule_unit must be one of [{', '.join(SCHEDULE_UNITS)}], "
+                             f"got {schedule_unit!r}")
+        lengths = {"dense_warmup": dense_warmup, "compressed_length": compressed_length,
+                   "decompressed_length": decompressed_length,
+                   "final_compressed_length": final_compressed_length}
+        for key, value in lengths.items():
+            if float(value) < 0 or (schedule_unit == "fraction" and float(value) > 1):
+                raise ValueError(f"sparsifier.{key} must be in [0, {'1' if schedule_unit == 'fraction' else 'inf'})"
+                                 f" ({schedule_unit}), got {value}")
+        for key in ("compressed_length", "final_compressed_length"):
+            if float(lengths[key]) == 0:
+                raise ValueError(f"sparsifier.{key} must be > 0, got 0")
+        self.schedule_unit = schedule_unit
+        self.lengths = {key: float(value) for key, value in lengths.items()}
+        self.phase = DENSE
+        self.phase_bounds: dict[str, int] = {}
+
+    # ---- schedule ------------------------------------------------------------------
+    def _steps(self, length: float) -> int:
+        context = self.context
+        if self.schedule_unit == "epochs":
+            return round(length * context.steps_per_epoch)
+        return round(length * context.total_steps)
+
+    def _build_schedule(self) -> None:
+        total = self.context.total_steps
+        warmup = self._steps(self.lengths["dense_warmup"])
+        compressed = max(1, self._steps(self.lengths["compressed_length"]))
+        decompressed = self._steps(self.lengths["decompressed_length"])
+        final = max(1, self._steps(self.lengths["final_compressed_length"]))
+        final_start = total - final
+        if final_start < warmup:
+            unit = "epochs" if self.schedule_unit == "epochs" else "of the run"
+            raise ValueError(
+                f"sparsifier.dense_warmup + sparsifier.final_compressed_length "
+                f"({self.lengths['dense_warmup']:g} + {self.lengths['final_compressed_length']:g} {unit}) "
+                f"exceed the run ({self.context.epochs} epochs); shorten them or use sparsifier.schedule_unit=fraction")
+        cycles = (final_start - warmup) // (compressed + decompressed)
+        self.phase_bounds = {"warmup_end": warmup, "compressed": compressed, "decompressed": decompressed,
+                             "cycles": cycles, "alternation_end": warmup + cycles * (compressed + decompressed),
+                             "final_start": final_start, "total": total}
+
+    def phase_at(self, step: int) -> str:
+        """The phase step ``step`` (0-based) runs in."""
+        b = self.phase_bounds
+        if step >= b["final_start"]:
+            return COMPRESSED
+        if step < b["warmup_end"]:
+            return DENSE
+        if step >= b["alternation_end"]:
+            return DECOMPRESSED if b["cycles"] else DENSE
+        offset = (step - b["warmup_end"]) % (b["compressed"] + b["decompressed"])
+        return COMPRESSED if offset < b["compressed"] else DECOMPRESSED
+
+    def phase_starts(self, unit: str = "steps") -> list[tuple[int, str]]:
+        """``(start, phase)`` of every phase, in steps or (``unit="epochs"``) fractional epochs."""
+        starts, previous = [], None
+        for step in self._boundary_candidates():
+            phase = self.phase_at(step)
+            if phase != previous:
+                starts.append((step, phase))
+                previous = phase
+        if unit == "epochs":
+            return [(step / self.context.steps_per_epoch, phase) for step, phase in starts]
+        return starts
+
+    def _boundary_candidates(self):
+        b = self.phase_bounds
+        points = {0, b["warmup_end"], b["alternation_end"], b["final_start"]}
+        cycle = b["compressed"] + b["decompressed"]
+        for k in range(b["cycles"]):
+            points.add(b["warmup_end"] + k * cycle)
+            points.add(b["warmup_end"] + k * cycle + b["compressed"])
+        return sorted(p for p in points if 0 <= p < b["total"])
+
+    # ---- set-up ----------------------------------------------------------------------
+    def attach(self, model: nn.Module, context: TrainingContext) -> None:
+        super().attach(model, context)
+        self._build_schedule()
+        masked = {f"{name}.weight" for name in self.masked_layer_names()}
+        if self.distribution == "global":
+            self.target_density_by_name = {key: (1.0 - self.sparsity if key in masked else 1.0)
+                                           for key in self.layer_shapes()}
+        else:
+            self.compute_target_densities()
+        self.phase = DENSE
+        self.masking_enabled = False
+        self._enter(self.phase_at(0))
+
+    # ---- phase changes -----------------------------------------------------------------
+    @torch.no_grad()
+    def magnitude_masks(self) -> dict[str, torch.Tensor]:
+        """Keep the largest-|w| entries: globally (exact total count) or per layer (exact layer counts)."""
+        keys = [f"{name}.weight" for name in self.masked_layer_names()]
+        if self.distribution == "global":
+            scores = [self.weight(key).detach().abs().flatten() for key in keys]
+            sizes = [s.numel() for s in scores]
+            total = sum(sizes)
+            keep = total - round(self.sparsity * total)
+            flat = torch.zeros(total, dtype=torch.bool, device=scores[0].device)
+            flat[torch.topk(torch.cat(scores), keep, sorted=False).indices] = True
+            return {key: part.view_as(self.weight(key)) for key, part in zip(keys, flat.split(sizes))}
+        counts = active_counts(self.layer_shapes(), self.target_density_by_name)
+        masks = {}
+        for key in keys:
+            if self.target_density_by_name[key] >= 1.0:
+                continue
+            score = self.weight(key).detach().abs().flatten()
+            flat = torch.zeros_like(score, dtype=torch.bool)
+            flat[torch.topk(score, counts[key], sorted=False).indices] = True
+            masks[key] = flat.view_as(self.weight(key))
+        return masks
+
+    @torch.no_grad()
+    def _enter(self, phase: str) -> None:
+        if phase == self.phase:
+            return
+        if phase == COMPRESSED:
+            self.mask_by_name = self.magnitude_masks()
+            self.masking_enabled = True
+            self.apply_masks()
+            self.mask_gradients()
+            for key, mask in self.mask_by_name.items():
+                self.zero_state(key, keep=mask)
+        elif self.phase == COMPRESSED:  # decompression: all-ones mask, every momentum buffer reset
+            self.masking_enabled = False
+            reset_optimizer_state(self.optimizer)
+        self.phase = phase
+
+    # ---- hooks -----------------------------------------------------------------------
+    def after_step(self, step: int) -> None:
+        self.apply_masks()
+        if step + 1 < self.phase_bounds["total"]:
+            self._enter(self.phase_at(step + 1))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        step = epoch * self.context.steps_per_epoch
+        if step < self.phase_bounds["total"]:
+            self._enter(self.phase_at(step))
+
+    def target_densities(self) -> dict[str, float]:
+        """Per-layer targets; under ``global`` every masked layer shows ``1 - sparsity`` (only the total is fixed)."""
+        return super().target_densities()
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"acdc_phase": self.phase}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "phase": self.phase}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.phase = state.get("phase", COMPRESSED if self.masking_enabled else DENSE)

@@ -40,6 +40,7 @@ def _resumed_config(resume: str) -> DictConfig:
 
     cfg = OmegaConf.create(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"])
     cfg.resume = resume
+    cfg.stop_after_epochs = None
     return cfg
 
 

@@ -65,7 +65,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
-        ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction,
+        ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction, stop_after_epochs=cfg.get("stop_after_epochs"),
         extra_row={"eval_split": data.eval_split_name})
     keep_epochs = 0
     if cfg.get("resume"):
@@ -121,6 +121,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     status, error = "completed", None
     try:
         trainer.fit()
+        if len(trainer.metrics_logger.rows) < cfg.epochs:
+            status = "stopped"  # stop_after_epochs: resumable with resume=<run dir>
     except NonFiniteLossError as exc:
         status, error = "failed", str(exc)
         log.error("%s; the run stops, its last good checkpoint is kept in %s", exc, run_dir)

@@ -46,6 +46,7 @@ class TrainerSettings:
     progress: bool = True
     log_every: int = 20
     ham_warn_clamp_fraction: float = 0.01
+    stop_after_epochs: int | None = None
     is_main_process: bool = True
     extra_row: dict = field(default_factory=dict)
 
@@ -199,7 +200,10 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``start_epoch`` to the end; returns the last metrics row."""
         row = {}
-        for epoch in range(self.start_epoch, self.settings.epochs):
+        last_epoch = self.settings.epochs
+        if self.settings.stop_after_epochs is not None:
+            last_epoch = min(last_epoch, self.settings.stop_after_epochs)
+        for epoch in range(self.start_epoch, last_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)
             self.sparsifier.on_epoch_end(epoch, train)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext, reset_optimizer_state
+from sparsifiers.base import MaskedSparsifier, TrainingContext, config_number, reset_optimizer_state
 from sparsifiers.distributions import active_counts
 from sparsifiers.registry import register_sparsifier
 
@@ -60,6 +60,7 @@ class ACDCSparsifier(MaskedSparsifier):
         lengths = {"dense_warmup": dense_warmup, "compressed_length": compressed_length,
                    "decompressed_length": decompressed_length,
                    "final_compressed_length": final_compressed_length}
+        lengths = {key: config_number(key, value) for key, value in lengths.items()}
         for key, value in lengths.items():
             if float(value) < 0 or (schedule_unit == "fraction" and float(value) > 1):
                 raise ValueError(f"sparsifier.{key} must be in [0, {'1' if schedule_unit == 'fraction' else 'inf'})"

@@ -72,6 +72,19 @@ class TrainingContext:
         return self.epochs * self.steps_per_epoch
 
 
+def config_number(key: str, value, kind=float):
+    """``kind(value)``, or a one-line ValueError naming ``sparsifier.<key>`` (bools are not numbers)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        if kind is int and float(value) != int(float(value)):
+            raise ValueError
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsifier.{key} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {value!r}") from None
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Conv and linear modules by qualified name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
@@ -119,15 +132,17 @@ class Sparsifier:
 
     def __init__(self, sparsity: float = 0.0, distribution: str = "uniform", dense_first: bool | None = None,
                  dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None):
-        if not 0.0 <= float(sparsity) < 1.0:
+        sparsity = config_number("sparsity", sparsity)
+        power_scale = config_number("power_scale", power_scale)
+        if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsifier.sparsity must be in [0, 1), got {sparsity}")
-        if type(self) is Sparsifier and float(sparsity) != 0.0:
+        if type(self) is Sparsifier and sparsity != 0.0:
             raise ValueError(f"sparsifier=dense does not mask: sparsity must be 0, got {sparsity} "
                              f"(pick a sparse method, e.g. sparsifier=random)")
         if self.distributions is not None and distribution not in self.distributions:
             raise ValueError(f"sparsifier.distribution must be one of [{', '.join(self.distributions)}], "
                              f"got {distribution!r}")
-        if float(power_scale) <= 0:
+        if power_scale <= 0:
             raise ValueError(f"sparsifier.power_scale must be > 0, got {power_scale}")
         self.sparsity = float(sparsity)
         self.distribution = distribution

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext
+from sparsifiers.base import MaskedSparsifier, TrainingContext, config_number
 from sparsifiers.distributions import DISTRIBUTIONS
 from sparsifiers.registry import register_sparsifier
 
@@ -63,7 +63,12 @@ class RigLSparsifier(MaskedSparsifier):
                  update_end: float = 0.75, first_update_step: int | None = None, skip_step_on_update: bool = True):
         super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
                          dense_last=dense_last, power_scale=power_scale, seed=seed)
-        if not 0.0 <= float(drop_fraction) <= 1.0:
+        drop_fraction = config_number("drop_fraction", drop_fraction)
+        update_interval = config_number("update_interval", update_interval, int)
+        update_end = config_number("update_end", update_end)
+        if first_update_step is not None:
+            first_update_step = config_number("first_update_step", first_update_step, int)
+        if not 0.0 <= drop_fraction <= 1.0:
             raise ValueError(f"sparsifier.drop_fraction must be in [0, 1], got {drop_fraction}")
         if drop_fraction_schedule not in DROP_SCHEDULES:
             raise ValueError(f"sparsifier.drop_fraction_schedule must be one of [{', '.join(DROP_SCHEDULES)}], "

@@ -1,6 +1,7 @@
 """Layer-wise densities (uniform, ERK with redistribution) and exact-count random masks."""
 
 import math
+import runpy
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def sparsity_over(shapes, densities, names=None):
 
 def resnet50_shapes():
     torchvision = pytest.importorskip("torchvision")
-    model = torchvision.models.resnet50()
+    with torch.device("meta"):  # shapes only: nothing allocated or initialised
+        model = torchvision.models.resnet50()
     return {f"{name}.weight": tuple(m.weight.shape) for name, m in model.named_modules()
             if isinstance(m, (nn.Conv2d, nn.Linear))}
 
@@ -125,3 +127,16 @@ def test_uniform_masks_hit_the_target_exactly():
     zeros = sum(int((~m).sum()) for m in masks.values())
     assert zeros == 300 + 300
     assert zeros / 800 == 0.75
+
+
+def test_show_densities_prints_the_table_a_config_gives(capsys):
+    pytest.importorskip("torchvision")
+    show = runpy.run_path("scripts/show_densities.py", run_name="show_densities")
+    assert show["main"](["model=resnet18", "sparsifier=random", "sparsifier.distribution=uniform"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:-2]}
+    assert len(rows) == 21
+    assert rows["conv1.weight"][1:] == ["64x3x7x7", "9408", "100.00%", "9408", "kept", "dense"]
+    assert rows["layer1.0.conv1.weight"][1:] == ["64x64x3x3", "36864", "10.00%", "3686"]
+    assert lines[-1].startswith("target sparsity 0.9000 over the masked layers, 0.8993 over all")
+    assert "first conv dense" in lines[-1]

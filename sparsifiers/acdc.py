@@ -62,9 +62,9 @@ class ACDCSparsifier(MaskedSparsifier):
                    "final_compressed_length": final_compressed_length}
         lengths = {key: config_number(key, value) for key, value in lengths.items()}
         for key, value in lengths.items():
-            if float(value) < 0 or (schedule_unit == "fraction" and float(value) > 1):
-                raise ValueError(f"sparsifier.{key} must be in [0, {'1' if schedule_unit == 'fraction' else 'inf'})"
-                                 f" ({schedule_unit}), got {value}")
+            if value < 0 or (schedule_unit == "fraction" and value > 1):
+                allowed = "in [0, 1] (a fraction of the run)" if schedule_unit == "fraction" else ">= 0 (epochs)"
+                raise ValueError(f"sparsifier.{key} must be {allowed}, got {value}")
         for key in ("compressed_length", "final_compressed_length"):
             if float(lengths[key]) == 0:
                 raise ValueError(f"sparsifier.{key} must be > 0, got 0")
@@ -150,6 +150,8 @@ class ACDCSparsifier(MaskedSparsifier):
     def magnitude_masks(self) -> dict[str, torch.Tensor]:
         """Keep the largest-|w| entries: globally (exact total count) or per layer (exact layer counts)."""
         keys = [f"{name}.weight" for name in self.masked_layer_names()]
+        if not keys:
+            return {}
         if self.distribution == "global":
             scores = [self.weight(key).detach().abs().flatten() for key in keys]
             sizes = [s.numel() for s in scores]
@@ -197,8 +199,12 @@ class ACDCSparsifier(MaskedSparsifier):
             self._enter(self.phase_at(step))
 
     def target_densities(self) -> dict[str, float]:
-        """Per-layer targets; under ``global`` every masked layer shows ``1 - sparsity`` (only the total is fixed)."""
-        return super().target_densities()
+        """Per-layer targets. Under ``global`` only the total is fixed: every masked layer shows
+        ``1 - sparsity`` until the first compression, then the densities that compression chose."""
+        densities = super().target_densities()
+        if self.distribution == "global" and self.mask_by_name:
+            densities.update({key: float(mask.float().mean()) for key, mask in self.mask_by_name.items()})
+        return densities
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"acdc_phase": self.phase}

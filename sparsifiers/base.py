@@ -9,7 +9,9 @@ Call order inside one training step (see ``ham_bench.trainer``)::
     if run: optimizer.step()             # base optimizer, then HAM
     sparsifier.after_step(step)          # re-apply masks, schedules, regrowth
 
-and once per epoch ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch, stats)``.
+and once per epoch ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch, stats)``;
+``extra_metrics()`` (optional to call) returns per-epoch values worth logging,
+e.g. AC/DC's phase or RigL's drop fraction.
 ``step`` is the 0-based global step (``epoch * steps_per_epoch + batch``),
 the same value in ``before_step`` and ``after_step``; ``epoch`` is 0-based.
 Every step of the run calls both hooks, skipped optimizer steps included.
@@ -38,10 +40,12 @@ sparsity both over the masked layers and over all selected layers.
 
 Weight access in masked methods (the Sign-In contract): a ``MaskedSparsifier``
 reads and writes weights and gradients ONLY through ``self.weight(key)`` and
-``self.weight(key).grad``, and touches optimizer state only through
-``self.zero_state(key, keep)``. A wrapper such as Sign-In overrides these
-two to redirect masking, scoring and state resets to its own tensors, and so
-composes with random, acdc and rigl without their code knowing.
+``self.weight(key).grad``, and touches a layer's optimizer state only
+through ``self.zero_state(key, keep)`` (AC/DC's decompression resets the
+state of every optimizer parameter, whatever tensors they are). A wrapper
+such as Sign-In overrides these two to redirect masking, scoring and state
+resets to its own tensors, and so composes with random, acdc and rigl
+without their code knowing.
 """
 
 from __future__ import annotations

@@ -190,7 +190,9 @@ class RigLSparsifier(MaskedSparsifier):
 
     # ---- reports ---------------------------------------------------------------------
     def extra_metrics(self) -> dict[str, Any]:
-        return {"rigl_drop_fraction": self.drop_fraction_at(self.next_step) if self.end_step else 0.0,
+        """The drop fraction the next step would use (0 once updates have ended) and the updates so far."""
+        active = self.next_step < self.end_step
+        return {"rigl_drop_fraction": self.drop_fraction_at(self.next_step) if active else 0.0,
                 "rigl_updates": self.updates_done}
 
     def state_dict(self) -> dict[str, Any]:

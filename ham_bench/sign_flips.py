@@ -42,6 +42,10 @@ class SignFlipCounter:
         if counts:
             self.epoch_flips += torch.stack(counts)
 
+    def initial_signs(self, name: str) -> torch.Tensor:
+        """Signs at initialization (int8: -1, 0, +1) of the weights tracked as ``name``, from the packed bytes."""
+        return (self.packed[name] // 3).to(torch.int8) - 1
+
     @torch.no_grad()
     def epoch_report(self, weights: dict[str, torch.Tensor]) -> dict:
         """Flips this epoch (per layer and total) and the fraction differing from init; resets the epoch count."""

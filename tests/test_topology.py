@@ -1,0 +1,269 @@
+"""Topology metrics on hand-built masks, mask dumps, and every sparsifier producing every metric in a short run."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ham_bench.flops import TrainingFlopsMeter, flops_report
+from ham_bench.mask_dump import load_masks, save_masks
+from ham_bench.sign_flips import SignFlipCounter
+from ham_bench.topology import TopologyTracker, dump_masks, mask_state
+from sparsifiers import build_sparsifier, sparsifier_class
+from sparsifiers.base import MaskedSparsifier, TrainingContext
+
+
+class HandMasks(MaskedSparsifier):
+    """Masks set by the test, on every layer."""
+
+    name = "hand"
+
+    def __init__(self):
+        super().__init__(sparsity=0.5, distribution="uniform", dense_first=False)
+
+
+def bits(*values):
+    return torch.tensor(values, dtype=torch.bool)
+
+
+def hand_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2, bias=False), nn.Linear(2, 2, bias=False))  # 8 + 4 weights
+    sparsifier = HandMasks()
+    sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=1))
+    sparsifier.mask_by_name = {"0.weight": bits(1, 1, 0, 0, 1, 0, 0, 0).view(2, 4),
+                               "1.weight": bits(1, 0, 0, 1).view(2, 2)}
+    return model, sparsifier
+
+
+def test_itop_churn_and_overlap_counted_by_hand():
+    model, sparsifier = hand_setup()
+    tracker = TopologyTracker(sparsifier)
+    a = sparsifier.mask_by_name["0.weight"]
+    a.copy_(bits(1, 0, 1, 0, 1, 0, 0, 0).view(2, 4))        # step 0, in place (RigL style): 2 changed
+    tracker.update_after_step()
+    kept = tracker.previous["1.weight"]
+    tracker.update_after_step()                               # step 1: nothing changed
+    assert tracker.previous["1.weight"] is kept               # unchanged masks are not even compared
+    sparsifier.mask_by_name["1.weight"] = bits(0, 1, 0, 1).view(2, 2)   # step 2, a new tensor: 2 changed
+    a.copy_(bits(0, 0, 1, 1, 1, 0, 0, 0).view(2, 4))        # and 2 more in layer 0
+    tracker.update_after_step()
+    report = tracker.epoch_report()
+    assert report["mask_updates"] == 2
+    assert report["mask_churn_per_layer"] == {"0.weight": 4, "1.weight": 2}
+    assert report["mask_churn"] == 6 and report["mask_churn_fraction"] == 6 / 12
+    # ever active: layer 0 {0,1,2,3,4} = 5 of 8, layer 1 {0,1,3} = 3 of 4
+    assert report["itop_rate_per_layer"] == {"0.weight": 5 / 8, "1.weight": 3 / 4}
+    assert report["itop_rate"] == 8 / 12
+    # now & initial: layer 0 {4} of 3 active, layer 1 {3} of 2 active
+    assert report["mask_overlap_initial_per_layer"] == {"0.weight": 1 / 3, "1.weight": 1 / 2}
+    assert report["mask_overlap_initial"] == 2 / 5
+
+    quiet = tracker.epoch_report()                            # a new epoch without changes
+    assert (quiet["mask_updates"], quiet["mask_churn"], quiet["itop_rate"]) == (0, 0, 8 / 12)
+
+    sparsifier.masking_enabled = False                        # e.g. AC/DC decompresses: every weight active
+    tracker.update_after_step()
+    dense = tracker.epoch_report()
+    assert dense["mask_churn_per_layer"] == {"0.weight": 8 - 3, "1.weight": 4 - 2}
+    assert dense["itop_rate"] == 1.0
+    assert dense["mask_overlap_initial"] == 5 / 12
+
+
+def test_sign_agreement_reuses_the_flip_counters_initial_signs():
+    model, sparsifier = hand_setup()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.0], [-1.0, 0.5, 0.0, 2.0]]))
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
+    counter = SignFlipCounter(sparsifier.effective_weights())
+    assert torch.equal(counter.initial_signs("0.weight"),
+                       torch.tensor([[1, -1, 1, 0], [-1, 1, 0, 1]], dtype=torch.int8))
+    shared = TopologyTracker(sparsifier, counter)
+    own = TopologyTracker(sparsifier)
+    with torch.no_grad():
+        # layer 0: nonzero at init and now at positions 0, 1, 2, 4, 7 (3 -> 0 at 2 is pruned, 0 -> 5 at 3 regrown)
+        model[0].weight.copy_(torch.tensor([[2.0, 1.0, 0.0, 5.0], [-3.0, 0.5, 0.0, -2.0]]))
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, -1.0]]))
+    for tracker in (shared, own):
+        report = tracker.epoch_report()
+        # layer 0 active in both: 0 (+,+) 1 (-,+) 4 (-,-) 5 (+,+) 7 (+,-): 3 of 5 agree; layer 1: 3 of 4
+        assert report["sign_agreement_init_per_layer"] == {"0.weight": 3 / 5, "1.weight": 3 / 4}
+        assert report["sign_agreement_init"] == 6 / 9
+
+
+def test_state_round_trip_and_mask_dump():
+    model, sparsifier = hand_setup()
+    tracker = TopologyTracker(sparsifier)
+    sparsifier.mask_by_name["0.weight"].copy_(bits(0, 1, 1, 0, 1, 0, 0, 0).view(2, 4))
+    tracker.update_after_step()
+    clone = TopologyTracker(sparsifier)
+    clone.load_state_dict(tracker.state_dict())
+    assert clone.epoch_report() == tracker.epoch_report()
+
+
+def test_mask_dump_is_packed_bits_and_round_trips(tmp_path):
+    model, sparsifier = hand_setup()
+    path = tmp_path / "masks" / "epoch_0001.npz"
+    dump_masks(path, sparsifier, epoch=1)
+    masks, meta = load_masks(path)
+    assert meta == {"epoch": 1, "sparsifier": "hand"}
+    assert all(torch.equal(masks[k], v) for k, v in mask_state(sparsifier).items())
+    generator = torch.Generator().manual_seed(0)
+    big = {"w": torch.rand(1000, 1000, generator=generator) < 0.1}
+    size = save_masks(tmp_path / "big.npz", big)
+    assert size < 1_000_000 / 8 + 1024  # at most a bit a weight (deflate shrinks a 10% mask further)
+    assert torch.equal(load_masks(tmp_path / "big.npz")[0]["w"], big["w"])
+
+
+# ---- every sparsifier, every metric, in a short run ----------------------------------------------------------
+METHODS = {
+    "dense": {"name": "dense"},
+    "random": {"name": "random", "sparsity": 0.8},
+    "acdc": {"name": "acdc", "sparsity": 0.8, "dense_warmup": 0.25, "compressed_length": 0.125,
+             "decompressed_length": 0.125, "final_compressed_length": 0.25},
+    "rigl": {"name": "rigl", "sparsity": 0.8, "update_interval": 3},
+    "str": {"name": "str", "sparsity": 0.8, "s_init": -3.0, "projection_at": 0.5},
+    "signin": {"name": "signin", "sparsity": 0.8},
+    "rigl+signin": {"name": "signin", "inner": "rigl", "sparsity": 0.8, "inner_kwargs": {"update_interval": 3}},
+    "pilot": {"name": "pilot", "sparsity": 0.8, "prune_at": 0.5},
+}
+ROW_KEYS = {"itop_rate", "itop_rate_per_layer", "mask_updates", "mask_churn", "mask_churn_fraction",
+            "mask_churn_per_layer", "mask_overlap_initial", "mask_overlap_initial_per_layer", "sign_agreement_init",
+            "sign_agreement_init_per_layer", "train_flops_epoch", "train_flops_measured",
+            "train_flops_measured_fraction_of_dense", "inference_flops", "inference_flops_fraction_of_dense"}
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(128, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_sparsifier_produces_every_metric(method):
+    cfg = METHODS[method]
+    try:
+        sparsifier_class(cfg["name"])
+        if "inner" in cfg:
+            sparsifier_class(cfg["inner"])
+    except ValueError:
+        pytest.skip(f"sparsifier {cfg['name']} is not available")
+    epochs, steps = 4, 4
+    model = small_cnn()
+    sparsifier = build_sparsifier(cfg)
+    sparsifier.attach(model, TrainingContext(epochs=epochs, steps_per_epoch=steps, seed=0))
+    overrides = sparsifier.parameter_group_overrides()
+    special = {id(p) for group in overrides for p in group["params"]}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
+    groups += [{k: v for k, v in group.items() if k != "ham"} for group in overrides]
+    optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+    sparsifier.bind_optimizer(optimizer)
+    counter = SignFlipCounter(sparsifier.effective_weights())
+    tracker = TopologyTracker(sparsifier, counter)
+    meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), {"name": "sgd"}, {"enabled": True}, batch_size=16)
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+            for _ in range(steps)]
+    rows = []
+    for epoch in range(epochs):
+        sparsifier.on_epoch_start(epoch)
+        for index, (x, y) in enumerate(data):
+            step = epoch * steps + index
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            sparsifier.mask_gradients()
+            if sparsifier.before_step(step):
+                optimizer.step()
+            sparsifier.after_step(step)
+            weights = sparsifier.effective_weights()
+            counter.update(weights)
+            tracker.update_after_step()
+            meter.update_after_step(step)
+        sparsifier.on_epoch_end(epoch, {"train_acc": 10.0 + epoch})
+        weights = sparsifier.effective_weights()
+        row = {**counter.epoch_report(weights), **tracker.epoch_report(weights), **meter.epoch_report()}
+        rows.append(json.loads(json.dumps(row)))  # JSON-serialisable, as metrics.jsonl needs
+    assert ROW_KEYS <= set(rows[-1])
+    last = rows[-1]
+    masked = {f"{n}.weight" for n in sparsifier.masked_layer_names()}
+    assert set(last["itop_rate_per_layer"]) == masked
+    assert 0.0 < last["inference_flops_fraction_of_dense"] <= 1.0
+    assert 0.0 < last["sign_agreement_init"] <= 1.0
+    assert all(0.0 <= last["itop_rate_per_layer"][k] <= 1.0 for k in masked)
+    assert sum(row["train_flops_epoch"] for row in rows) == last["train_flops_measured"]
+    if method == "dense":
+        assert last["itop_rate"] == 1.0 and last["train_flops_measured_fraction_of_dense"] > 1.0  # HAM's share
+        return
+    assert last["inference_flops_fraction_of_dense"] < 0.6  # ends sparse
+    assert last["itop_rate"] >= 0.2
+    if method in ("rigl", "rigl+signin"):
+        assert sum(row["mask_updates"] for row in rows) >= 3 and last["itop_rate"] > 0.2
+        assert sum(row["mask_churn"] for row in rows) > 0 and last["mask_overlap_initial"] < 1.0
+    if method in ("random", "signin"):
+        assert last["itop_rate"] == pytest.approx(0.2, abs=0.01) and last["mask_overlap_initial"] == 1.0
+        assert sum(row["mask_updates"] for row in rows) == 0
+    if method in ("acdc", "pilot"):
+        assert last["itop_rate"] == 1.0  # dense phases first: every weight was active
+    if method == "str":
+        assert 0.25 < last["itop_rate"] < 1.0  # the initial threshold already cuts small weights
+    if method in ("acdc", "pilot", "str"):
+        assert sum(row["mask_churn"] for row in rows) > 0
+    report = flops_report(model, sparsifier, (1, 8, 8), {"name": "sgd"}, {"enabled": True}, steps=epochs * steps,
+                          batch_size=16, meter=meter)
+    assert report["train_flops_measured"] == last["train_flops_measured"]
+    if method in ("random", "signin", "rigl", "rigl+signin"):
+        assert report["train_flops"] == report["train_flops_measured"]  # constant counts: the two agree
+    elif method == "acdc":  # by phase; compressed phases at the final mask's cost (global top-k may shift it)
+        assert report["train_flops"] == pytest.approx(report["train_flops_measured"], rel=0.05)
+    else:
+        assert report["train_flops"] < report["train_flops_measured"]  # the density fell during the run
+
+
+class HostSync(AssertionError):
+    pass
+
+
+def no_host_sync(monkeypatch):
+    """Make every tensor -> Python conversion raise (what would stall a GPU step)."""
+    def refuse(*args, **kwargs):
+        raise HostSync("host sync in a per-step hook")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+@pytest.mark.parametrize("method", ["rigl", "str", "acdc"])
+def test_per_step_hooks_do_not_sync_with_the_host(monkeypatch, method):
+    cfg = METHODS[method]
+    try:
+        sparsifier_class(cfg["name"])
+    except ValueError:
+        pytest.skip(f"sparsifier {cfg['name']} is not available")
+    model = small_cnn()
+    sparsifier = build_sparsifier(cfg)
+    sparsifier.attach(model, TrainingContext(epochs=4, steps_per_epoch=4, seed=0))
+    tracker = TopologyTracker(sparsifier)
+    meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), batch_size=16)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sparsifier.bind_optimizer(optimizer)
+    for step in range(12):
+        if step % 4 == 0:
+            sparsifier.on_epoch_start(step // 4)
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        sparsifier.mask_gradients()
+        if sparsifier.before_step(step):
+            optimizer.step()
+        sparsifier.after_step(step)
+        with monkeypatch.context() as patch:
+            no_host_sync(patch)
+            with pytest.raises(HostSync):
+                bool(torch.ones(()) > 0)  # the guard is live
+            masks = sparsifier.masks()
+            tracker.update_after_step(masks)
+            meter.update_after_step(step, masks)
+    report = tracker.epoch_report()
+    assert report["mask_churn"] > 0  # masks did change inside the checked calls

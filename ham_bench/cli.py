@@ -3,6 +3,7 @@
     ham-bench                                   # the default experiment
     ham-bench -m ham=off,hyp_star seed=0,1,2    # a Hydra multirun sweep
     ham-bench resume=outputs/2026-11-27/12-00-00  # continue a run in its own dir
+    ham-bench export outputs/2026-11-27/12-00-00  # compressed sparse model (see ham_bench.export)
 
 Errors a user can cause (bad values, missing data, unknown names) print one
 line, ``error: ...``, and exit with status 2; the run dir such a run created
@@ -76,6 +77,10 @@ def _resume_overrides(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["export"]:
+        from ham_bench.export import main as export_main
+
+        sys.exit(export_main(sys.argv[2:]))
     sys.argv += _resume_overrides(sys.argv[1:])
     app()
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ham_bench import atomic_io
 from ham_bench.data import build_datasets, build_loader
+from ham_bench.flops import flops_report
 from ham_bench.loggers import MetricsLogger
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
@@ -66,6 +67,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
         ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction, stop_after_epochs=cfg.get("stop_after_epochs"),
+        input_shape=(data.in_channels, data.image_size, data.image_size), batch_size=cfg.batch_size,
+        optimizer_cfg=cfg.optimizer, ham_cfg=cfg.ham, dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
         extra_row={"eval_split": data.eval_split_name})
     keep_epochs = 0
     if cfg.get("resume"):
@@ -74,7 +77,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs)
     trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, metrics_logger,
                       run_dir, settings, device, seed=cfg.seed,
-                      checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True)})
+                      checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
+                                        "model_args": {"num_classes": data.num_classes,
+                                                       "in_channels": data.in_channels,
+                                                       "image_size": data.image_size}})
     log.info("run dir %s | %s on %s (%d train / %d %s samples) | model %s, %.2fM params | sparsifier %s "
              "| optimizer %s | HAM %s | device %s", run_dir, data.name, device, len(data.train),
              len(data.eval), data.eval_split_name, cfg.model.name,
@@ -86,10 +92,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
 def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: float, error: str | None) -> dict:
     rows = trainer.metrics_logger.rows if trainer else []
     last = rows[-1] if rows else {}
-    sparsity = None
+    sparsity, flops = None, {}
     if trainer is not None:
         sparsity, _ = layer_sparsity(trainer.sparsifier.effective_weights())
-    return {
+        meter = trainer.flops_meter
+        flops = flops_report(trainer.model, trainer.sparsifier, trainer.settings.input_shape, cfg.optimizer, cfg.ham,
+                             steps=meter.ordinary_steps + meter.update_steps, batch_size=cfg.batch_size, meter=meter)
+    summary = {
         "status": status,
         "error": error,
         "final_test_acc": last.get("test_acc"),
@@ -108,6 +117,12 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
                    "ham": cfg.ham.variant if cfg.ham.enabled else "off",
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
     }
+    for key in ("sparsity_masked_layers", "target_sparsity_masked_layers", "dense_layers", "itop_rate",
+                "mask_overlap_initial", "sign_agreement_init", "sign_differs_from_init"):
+        if key in last:
+            summary[f"final_{key}"] = last[key]
+    summary.update(flops)
+    return summary
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:

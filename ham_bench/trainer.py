@@ -28,7 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ham_bench import atomic_io
+from ham_bench.flops import TrainingFlopsMeter
 from ham_bench.sign_flips import SignFlipCounter
+from ham_bench.topology import TopologyTracker, dump_masks
+from sparsifiers.base import sparsity_report
 
 log = logging.getLogger("ham_bench")
 
@@ -47,6 +50,11 @@ class TrainerSettings:
     log_every: int = 20
     ham_warn_clamp_fraction: float = 0.01
     stop_after_epochs: int | None = None
+    input_shape: tuple = ()          # one sample's shape, for FLOPs
+    batch_size: int = 1
+    optimizer_cfg: dict = field(default_factory=dict)
+    ham_cfg: dict = field(default_factory=dict)
+    dump_masks_at: tuple = ()        # epochs (1-based) whose masks are dumped to masks/epoch_NNNN.npz
     is_main_process: bool = True
     extra_row: dict = field(default_factory=dict)
 
@@ -80,6 +88,9 @@ class Trainer:
         self.uses_closure = bool(getattr(optimizer, "requires_closure", False))
         self.has_ham_diagnostics = callable(getattr(optimizer, "diagnostics", None))
         self.flip_counter = SignFlipCounter(self.sparsifier.effective_weights())
+        self.topology = TopologyTracker(sparsifier, self.flip_counter)
+        self.flops_meter = TrainingFlopsMeter(model, sparsifier, settings.input_shape, settings.optimizer_cfg,
+                                              settings.ham_cfg, settings.batch_size)
         self.start_epoch = 0
         self.best_acc = 0.0
 
@@ -138,6 +149,9 @@ class Trainer:
             self.sparsifier.after_step(step)
             self.scheduler.step()
             self.flip_counter.update(self.sparsifier.effective_weights())
+            masks = self.sparsifier.masks()
+            self.topology.update_after_step(masks)
+            self.flops_meter.update_after_step(step, masks)
 
             loss_sum += loss.detach() * y.size(0)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -210,15 +224,22 @@ class Trainer:
             evaluation = self.evaluate()
             weights = self.sparsifier.effective_weights()
             sparsity, per_layer = layer_sparsity(weights)
+            report = sparsity_report(self.sparsifier)
             row = {"epoch": epoch + 1, "lr": lr, **train, **evaluation, "sparsity": sparsity,
-                   "sparsity_per_layer": per_layer, **self.flip_counter.epoch_report(weights),
-                   **self.settings.extra_row}
+                   "sparsity_per_layer": per_layer,
+                   "sparsity_masked_layers": report["achieved_sparsity"],
+                   "target_sparsity_masked_layers": report["target_sparsity"],
+                   "dense_layers": [r["name"] for r in report["layers"] if not r["masked"]],
+                   **self.flip_counter.epoch_report(weights), **self.topology.epoch_report(weights),
+                   **self.flops_meter.epoch_report(), **self.settings.extra_row}
             if self.has_ham_diagnostics:
                 row.update(self.optimizer.diagnostics(reset=True))
             self.best_acc = max(self.best_acc, row["test_acc"])
             if self.settings.is_main_process:
                 self.metrics_logger.log_epoch(row)
                 self.save_checkpoint(epoch + 1)
+                if epoch + 1 in self.settings.dump_masks_at:
+                    dump_masks(self.run_dir / "masks" / f"epoch_{epoch + 1:04d}.npz", self.sparsifier, epoch + 1)
                 log.info("epoch %d/%d  train loss %.4f acc %.2f  |  %s loss %.4f acc %.2f top5 %.2f  |  "
                          "sparsity %.4f  flips %d  lr %.4g  %.1fs (%.0f samples/s)",
                          epoch + 1, self.settings.epochs, row["train_loss"], row["train_acc"],
@@ -235,6 +256,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "sparsifier": self.sparsifier.state_dict(),
             "sign_flips": self.flip_counter.state_dict(),
+            "topology": self.topology.state_dict(),
+            "flops": self.flops_meter.state_dict(),
+            "steps_per_epoch": self.steps_per_epoch,
             "best_acc": self.best_acc,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -251,6 +275,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sparsifier.load_state_dict(state["sparsifier"])
         self.flip_counter.load_state_dict(state["sign_flips"])
+        self.topology.load_state_dict(state["topology"])
+        self.flops_meter.load_state_dict(state["flops"])
         self.best_acc = state["best_acc"]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():

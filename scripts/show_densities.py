@@ -11,8 +11,9 @@ when both exist, else ``torchvision.models.get_model(NAME)`` (built on the
 meta device, then given uninitialised storage: nothing is initialised).
 ``sparsifier=NAME`` composes ``configs/sparsifier/NAME.yaml`` with Hydra (its
 defaults list included); ``sparsifier.KEY=VALUE`` and ``model.KEY=VALUE``
-override single keys, with Hydra's syntax (``+sparsifier.KEY=`` adds one). ``num_classes``, ``in_channels`` and ``image_size`` (defaults
-1000, 3, 224) describe the data the model is built for.
+override single keys, with Hydra's syntax (``+sparsifier.KEY=`` adds one).
+``num_classes``, ``in_channels`` and ``image_size`` (defaults 1000, 3, 224)
+describe the data the model is built for.
 
 Columns: layer, weight shape, parameters, target density, target nonzeros;
 kept-dense layers are marked. The summary gives the target sparsity over the

@@ -2,6 +2,7 @@
 
 import math
 import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,10 @@ def test_show_densities_prints_the_table_a_config_gives(capsys):
     assert rows["layer1.0.conv1.weight"][1:] == ["64x64x3x3", "36864", "10.00%", "3686"]
     assert lines[-1].startswith("target sparsity 0.9000 over the masked layers, 0.8993 over all")
     assert "first conv dense" in lines[-1]
+    if not Path("configs/model/cnn.yaml").exists():
+        return
+    # a model with a config of its own goes through ham_bench.models.build_model
+    assert show["main"](["model=cnn", "sparsifier=random", "num_classes=10", "in_channels=1", "image_size=28"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[2:-2]] == ["144", "4608", "15680"]
+    assert lines[-1].startswith("target sparsity 0.9000 over the masked layers, 0.9000 over all")

@@ -1,0 +1,626 @@
+"""HAM: Hyperbolic Aware Minimization (ICLR 2026) as a wrapper around any torch optimizer."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import ham_kernels as K
+
+__all__ = ["HAM"]
+
+VARIANTS = ("hyp_star", "hyp")
+IMPLEMENTATIONS = ("auto", "compiled", "foreach")
+
+
+def _check_strength(name: str, value: Any, where: str = "HAM") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_clamp(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"HAM: clamp must be a number > 0, got {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"HAM: clamp must be > 0 (math.inf disables it), got {value!r}")
+    return float(value)
+
+
+def _scalar(value: Any) -> float | None:
+    """A Python float for a number or a CPU scalar tensor; None for a device tensor."""
+    if isinstance(value, Tensor):
+        if value.device.type != "cpu" or value.numel() != 1:
+            return None
+        return float(value.item())
+    return float(value)
+
+
+def _flat(t: Tensor) -> Tensor:
+    """1-D view over a dense tensor's memory (contiguous or channels-last)."""
+    return t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _dense(t: Tensor) -> bool:
+    return (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+            or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)))
+
+
+def _kernel_ready(p: Tensor, *others: Tensor | None) -> bool:
+    """Whether the compiled kernels can take p (and its grad/state) as flat views."""
+    if p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda") or p.numel() < 2:
+        return False
+    if not _dense(p):
+        return False
+    for t in others:
+        if t is None:
+            continue
+        if (t.layout != torch.strided or t.dtype != p.dtype or t.device != p.device
+                or t.shape != p.shape or t.stride() != p.stride()):
+            return False
+    return True
+
+
+class HAM(Optimizer):
+    """Hyperbolic Aware Minimization (HAM, ICLR 2026) around any torch optimizer.
+
+    After the base optimizer's step, every covered weight is multiplied by
+
+        exp(clamp(-lr * (alpha * sign * g + beta), -clamp, clamp))
+
+    with ``g`` the raw gradient in ``p.grad`` (for SAM: the gradient SAM leaves
+    there, taken at the perturbed point; negated if the group has
+    ``maximize=True``) and ``lr`` the group's current learning rate.
+    ``variant="hyp_star"`` (default) takes the sign of the weight after the base
+    step; ``"hyp"`` the sign before it. Exact zeros stay zero; HAM never flips a
+    sign itself. ``beta`` is a decoupled multiplicative decay on covered weights,
+    added on top of the base optimizer's own weight decay. Neither variant keeps
+    persistent state.
+
+    Coverage: parameters with ``ndim >= min_ndim`` (2: conv, linear, embedding
+    weights) for which ``param_filter(p)`` is true (when given); a param group
+    with ``ham=False`` is excluded entirely. Per-group overrides: keys
+    ``alpha``/``beta`` (or ``ham_alpha``/``ham_beta``; the prefixed form is the
+    only one read when the base optimizer itself uses ``alpha``/``beta``, as
+    RMSprop does). A group whose alpha and beta are both 0 is a pure base step.
+
+    Implementations (``implementation=``):
+
+    * ``"compiled"``: kernels built with ``torch.compile`` (dynamic shapes,
+      compiled once per process). For exactly ``torch.optim.SGD``, ``Adam`` and
+      ``AdamW`` groups without amsgrad/capturable/fused/differentiable, the base
+      update and HAM run as ONE pass per float32 tensor (the base optimizer's
+      ``step()`` still runs for every other parameter, e.g. biases). For any other
+      base (SAM, RMSprop, ...) the base steps first, then one compiled HAM pass
+      per tensor. Tensors the kernels cannot take (non-float32, sparse, odd
+      layouts) use the foreach path.
+    * ``"foreach"``: base ``step()``, then HAM as ``torch._foreach_*`` passes.
+      Exact, no compiler needed, several passes over memory. HYP stores int8
+      signs (1 byte per covered weight) for the duration of the step.
+    * ``"auto"`` (default): ``"compiled"``; falls back to ``"foreach"`` with a
+      warning if compilation fails. Inside a ``torch.compile``'d region HAM always
+      uses the foreach path and lets the outer compile fuse it.
+
+    The fused kernels reproduce torch's SGD/Adam(W) math up to float rounding
+    (not bit for bit). GradScaler: HAM does not claim ``_step_supports_amp_scaling``,
+    so ``scaler.step(ham)`` unscales ``p.grad`` in place and skips ``ham.step()``
+    entirely when it finds inf/NaN: neither the base step nor HAM applies, and
+    HAM always sees unscaled gradients.
+
+    Diagnostics (opt-in, ``diagnostics=True``; off by default because the
+    reductions cost ~20% of a fused step): during steps HAM accumulates, as
+    device tensors and without host syncs, the sum and max of |exponent| and the
+    number of covered weights whose exponent reached the clamp.
+    :meth:`diagnostics` returns ``ham_mean_abs_exponent``, ``ham_clamp_fraction``,
+    ``ham_max_abs_exponent``, ``ham_steps`` and syncs once.
+
+    ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
+    objects (also after ``load_state_dict``), so LR schedulers, GradScaler and
+    code that edits ``opt.state[p]`` work on either object.
+    """
+
+    # GradScaler unscales p.grad in place and skips step() on inf/NaN (see class docstring).
+    _step_supports_amp_scaling = False
+
+    def __init__(self, optimizer: Optimizer, alpha: float = 200.0, beta: float = 1e-3,
+                 variant: str = "hyp_star", clamp: float = 5.0,
+                 param_filter: Callable[[Tensor], bool] | None = None,
+                 implementation: str = "auto", diagnostics: bool = False, min_ndim: int = 2):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("HAM: optimizer must be a torch.optim.Optimizer instance, e.g. "
+                            f"HAM(torch.optim.SGD(model.parameters(), lr=0.1)); got {type(optimizer).__name__}")
+        if isinstance(optimizer, HAM):
+            raise TypeError("HAM: optimizer is already wrapped in HAM")
+        if variant not in VARIANTS:
+            raise ValueError(f"HAM: variant must be one of {VARIANTS}, got {variant!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"HAM: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        if param_filter is not None and not callable(param_filter):
+            raise TypeError(f"HAM: param_filter must be callable(param) -> bool or None, got {param_filter!r}")
+        if isinstance(min_ndim, bool) or not isinstance(min_ndim, int) or min_ndim < 0:
+            raise ValueError(f"HAM: min_ndim must be an int >= 0, got {min_ndim!r}")
+        self.base_optimizer = optimizer
+        self.alpha = _check_strength("alpha", alpha)
+        self.beta = _check_strength("beta", beta)
+        self.clamp = _check_clamp(clamp)
+        self.variant = variant
+        self.implementation = implementation
+        self.param_filter = param_filter
+        self.min_ndim = min_ndim
+        self.diagnostics_enabled = bool(diagnostics)
+        # Torch optimizers such as RMSprop use 'alpha' themselves: then only 'ham_alpha' overrides.
+        self._group_keys = {
+            "alpha": "alpha" not in optimizer.defaults,
+            "beta": "beta" not in optimizer.defaults,
+        }
+        self._fusable = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam",
+                         torch.optim.AdamW: "adam"}.get(type(optimizer))
+        self._covered: dict[Tensor, bool] = {}
+        self._compile_failed = False
+        self._pending_signs: list | None = None
+        self._diag_acc: dict[torch.device, Tensor] = {}
+        self._diag_count = 0
+        self._diag_steps = 0
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        self._patch_step_function()
+        for group in self.param_groups:
+            self._check_group(group)
+            for p in group["params"]:
+                self._is_covered(p)
+
+    # -- the base optimizer's objects -------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base_optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value):
+        self.base_optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.base_optimizer.state
+
+    @state.setter
+    def state(self, value):
+        self.base_optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.base_optimizer.defaults
+
+    @property
+    def requires_closure(self) -> bool:
+        """True when the base (e.g. SAM) needs ``step(closure)``."""
+        return bool(getattr(self.base_optimizer, "requires_closure", False))
+
+    @defaults.setter
+    def defaults(self, value):
+        self.base_optimizer.defaults = value
+
+    def __getstate__(self):
+        return self.__dict__.copy()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._patch_step_function()
+
+    def __repr__(self) -> str:
+        return (f"HAM(variant={self.variant!r}, alpha={self.alpha}, beta={self.beta}, clamp={self.clamp}, "
+                f"implementation={self.implementation!r}, diagnostics={self.diagnostics_enabled})\n"
+                f"base: {self.base_optimizer!r}")
+
+    # -- groups and coverage -----------------------------------------------------------
+    def _check_group(self, group: dict[str, Any]) -> None:
+        if not isinstance(group.get("ham", True), bool):
+            raise TypeError(f"HAM: param group key 'ham' must be a bool, got {group['ham']!r}")
+        for name in ("alpha", "beta"):
+            key = self._group_key(group, name)
+            if key is not None:
+                _check_strength(f"param group {key!r}", group[key])
+
+    def _group_key(self, group: dict[str, Any], name: str) -> str | None:
+        if "ham_" + name in group:
+            return "ham_" + name
+        if self._group_keys[name] and name in group:
+            return name
+        return None
+
+    def _group_settings(self, group: dict[str, Any]) -> tuple[bool, float, float]:
+        """(active, alpha, beta) for a param group."""
+        alpha_key = self._group_key(group, "alpha")
+        beta_key = self._group_key(group, "beta")
+        alpha = group[alpha_key] if alpha_key else self.alpha
+        beta = group[beta_key] if beta_key else self.beta
+        active = group.get("ham", True) and not (alpha == 0 and beta == 0)
+        return active, alpha, beta
+
+    def _is_covered(self, p: Tensor) -> bool:
+        covered = self._covered.get(p)
+        if covered is None:
+            covered = p.dim() >= self.min_ndim and (self.param_filter is None or bool(self.param_filter(p)))
+            self._covered[p] = covered
+        return covered
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            self._is_covered(p)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    # -- state dict --------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "clamp": self.clamp, "variant": self.variant,
+                "min_ndim": self.min_ndim}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict plus HAM's settings under the key ``"ham"``."""
+        state = self.base_optimizer.state_dict()
+        state["ham"] = self._settings()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a dict from :meth:`state_dict` (or a plain base optimizer state dict)."""
+        state_dict = dict(state_dict)
+        settings = state_dict.pop("ham", None)
+        if settings is not None:
+            alpha = _check_strength("alpha", settings["alpha"])
+            beta = _check_strength("beta", settings["beta"])
+            clamp = _check_clamp(settings["clamp"])
+            if settings["variant"] not in VARIANTS:
+                raise ValueError(f"HAM: state dict variant must be one of {VARIANTS}, got {settings['variant']!r}")
+            self.alpha, self.beta, self.clamp, self.variant = alpha, beta, clamp, settings["variant"]
+            self.min_ndim = int(settings.get("min_ndim", self.min_ndim))
+            self._covered.clear()
+        self.base_optimizer.load_state_dict(state_dict)
+        for group in self.param_groups:
+            self._check_group(group)
+
+    # -- diagnostics -------------------------------------------------------------------
+    def _accumulator(self, device: torch.device) -> Tensor | None:
+        if not self.diagnostics_enabled:
+            return None
+        acc = self._diag_acc.get(device)
+        if acc is None:
+            acc = self._diag_acc[device] = torch.zeros(3, dtype=torch.float64, device=device)
+        return acc
+
+    def diagnostics(self, reset: bool = True) -> dict[str, float]:
+        """Exponent statistics since the last reset; the only call that syncs with the device.
+
+        Returns {} unless constructed with ``diagnostics=True`` (or
+        ``diagnostics_enabled`` set) and some covered weight was updated. Keys:
+        ``ham_mean_abs_exponent`` (mean |exponent| over covered weight updates),
+        ``ham_clamp_fraction`` (fraction of those whose exponent hit +-clamp),
+        ``ham_max_abs_exponent`` and ``ham_steps``. A clamp fraction above 0 or a
+        mean |exponent| near the clamp means alpha is too large for this
+        gradient scale and lr (weights grow by up to e^clamp per step).
+        """
+        result: dict[str, float] = {}
+        if self._diag_count > 0 and self._diag_acc:
+            totals = torch.stack([acc.cpu() for acc in self._diag_acc.values()])
+            total_abs, clamped, largest = totals[:, 0].sum().item(), totals[:, 1].sum().item(), totals[:, 2].max().item()
+            result = {
+                "ham_mean_abs_exponent": total_abs / self._diag_count,
+                "ham_clamp_fraction": clamped / self._diag_count,
+                "ham_max_abs_exponent": largest,
+                "ham_steps": float(self._diag_steps),
+            }
+        if reset:
+            for acc in self._diag_acc.values():
+                acc.zero_()
+            self._diag_count = 0
+            self._diag_steps = 0
+        return result
+
+    # -- step --------------------------------------------------------------------------
+    def _use_compiled(self) -> bool:
+        return (self.implementation != "foreach" and not self._compile_failed
+                and not torch.compiler.is_compiling())
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Base optimizer step, then HAM on the covered weights. Returns the closure's loss."""
+        counted = self._diag_count
+        if self._use_compiled():
+            loss = self._step_compiled(closure)
+        else:
+            loss = self._step_foreach(closure)
+        if self._diag_count != counted:
+            self._diag_steps += 1
+        return loss
+
+    def _covered_by_group(self) -> list[tuple[dict[str, Any], float, float, list[Tensor]]]:
+        plan = []
+        for group in self.param_groups:
+            active, alpha, beta = self._group_settings(group)
+            if active:
+                plan.append((group, alpha, beta, [p for p in group["params"] if self._is_covered(p)]))
+        return plan
+
+    def _signs(self, plan) -> list[list[Tensor]] | None:
+        if self.variant != "hyp":
+            return None
+        return [[torch.sign(p).to(torch.int8) for p in params] for _, _, _, params in plan]
+
+    def _step_foreach(self, closure, loss=None):
+        plan = self._covered_by_group()
+        signs = self._signs(plan)
+        base_loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+        self._apply_after_base(plan, signs, compiled=False)
+        return loss if loss is not None else base_loss
+
+    def _apply_after_base(self, plan, signs, compiled: bool) -> None:
+        """HAM factor on covered params (with a gradient) whose base step already ran."""
+        for index, (group, alpha, beta, params) in enumerate(plan):
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and not torch.compiler.is_compiling():
+                lr = _scalar(lr) if lr.device.type == "cpu" else lr
+            maximize = bool(group.get("maximize", False))
+            group_signs = signs[index] if signs is not None else None
+            by_device: dict[torch.device, tuple[list, list, list]] = {}
+            kernel_items = []
+            for i, p in enumerate(params):
+                grad = p.grad
+                if grad is None or grad.is_sparse:
+                    continue
+                sign = group_signs[i] if group_signs is not None else None
+                if (compiled and not isinstance(lr, Tensor) and _kernel_ready(p, grad)
+                        and (sign is None or sign.stride() == p.stride())):
+                    kernel_items.append((p, grad, sign))
+                else:
+                    entry = by_device.setdefault(p.device, ([], [], []))
+                    entry[0].append(p)
+                    entry[1].append(grad)
+                    entry[2].append(sign)
+            if kernel_items and not self._run_ham_kernels(kernel_items, lr, alpha, beta, maximize):
+                for p, grad, sign in kernel_items:
+                    entry = by_device.setdefault(p.device, ([], [], []))
+                    entry[0].append(p)
+                    entry[1].append(grad)
+                    entry[2].append(sign)
+            for device, (ps, grads, sgns) in by_device.items():
+                K.foreach_ham_(ps, grads, sgns if group_signs is not None else None, lr=lr, alpha=alpha,
+                               beta=beta, clamp=self.clamp, maximize=maximize,
+                               acc=self._accumulator(device))
+                if self.diagnostics_enabled:
+                    self._diag_count += sum(p.numel() for p in ps)
+            if self.diagnostics_enabled:
+                self._diag_count += sum(p.numel() for p, _, _ in kernel_items)
+
+    def _run_ham_kernels(self, items, lr: float, alpha: float, beta: float, maximize: bool) -> bool:
+        name = "ham" if self.variant == "hyp_star" else "ham_signed"
+        if not self._ensure_compiled({(name, p.device, self._serial(p)) for p, _, _ in items}):
+            return False
+        values = [lr, -1.0 if maximize else 1.0, alpha, beta, self.clamp]
+        hypers: dict[torch.device, Tensor] = {}
+        for p, grad, sign in items:
+            hyper = hypers.get(p.device)
+            if hyper is None:
+                hyper = hypers[p.device] = _hyper_tensor(values, p.device)
+            args = [_flat(p), _flat(grad)]
+            if sign is not None:
+                args.append(_flat(sign))
+            args.append(hyper)
+            self._call(name, p, args)
+        return True
+
+    # -- compiled kernels --------------------------------------------------------------
+    @staticmethod
+    def _serial(p: Tensor) -> bool:
+        return p.device.type == "cpu" and p.numel() < K.PARALLEL_MIN_NUMEL
+
+    def _call(self, name: str, p: Tensor, args: list) -> None:
+        acc = self._accumulator(p.device)
+        if acc is not None:
+            args.append(acc)
+        K.compiled_kernel(name, acc is not None, self._serial(p))(*args)
+
+    def _ensure_compiled(self, keys) -> bool:
+        """Compile (on small dummies, touching no real tensor) the kernels a step needs."""
+        try:
+            for name, device, serial in keys:
+                _warm(name, device, serial, self.diagnostics_enabled)
+        except Exception as error:  # compiler missing or broken: only 'auto' may fall back
+            if self.implementation == "compiled":
+                raise
+            self._compile_failed = True
+            warnings.warn(f"HAM: torch.compile failed ({type(error).__name__}: {error}); "
+                          "using the foreach implementation from now on", RuntimeWarning, stacklevel=3)
+            return False
+        return True
+
+    def _step_compiled(self, closure):
+        if self._fusable is None:
+            plan = self._covered_by_group()
+            signs = self._signs(plan)
+            loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+            self._apply_after_base(plan, signs, compiled=True)
+            return loss
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plan = self._covered_by_group()
+        fused, rest = [], []
+        for group, alpha, beta, params in plan:
+            kernel, items, others = self._fused_items(group, params)
+            if items:
+                fused.append((group, alpha, beta, kernel, items))
+            if others:
+                rest.append((group, alpha, beta, others))
+        if fused and not self._ensure_compiled({(kernel, p.device, self._serial(p))
+                                                for _, _, _, kernel, items in fused for p in items}):
+            return self._step_foreach(None, loss)
+        signs = self._signs(rest)
+        hidden = [p for *_, items in fused for p in items]
+        grads = [p.grad for p in hidden]
+        for p in hidden:
+            p.grad = None
+        try:
+            self.base_optimizer.step()
+        finally:
+            for p, grad in zip(hidden, grads):
+                p.grad = grad
+        for group, alpha, beta, kernel, items in fused:
+            if kernel == "adam":
+                self._run_adam(group, alpha, beta, items)
+            else:
+                self._run_sgd(group, alpha, beta, kernel, items)
+        if self.diagnostics_enabled:
+            self._diag_count += sum(p.numel() for p in hidden)
+        self._apply_after_base(rest, signs, compiled=True)
+        return loss
+
+    def _fused_items(self, group, params):
+        """Split a group's covered params with grads into (kernel, fused, after-base)."""
+        lr = _scalar(group["lr"])
+        wd = _scalar(group["weight_decay"])
+        kernel = None
+        if lr is not None and wd is not None and not group.get("differentiable", False):
+            if self._fusable == "sgd" and _scalar(group["momentum"]) is not None:
+                kernel = "sgd_momentum" if group["momentum"] != 0 else "sgd"
+            elif (self._fusable == "adam" and not group.get("amsgrad") and not group.get("capturable")
+                  and not group.get("fused") and not any(isinstance(b, Tensor) for b in group["betas"])):
+                kernel = "adam"
+        fused, others = [], []
+        for p in params:
+            if p.grad is None:
+                continue
+            state = self.state.get(p, {})
+            if kernel == "sgd_momentum":
+                extra = (state.get("momentum_buffer"),)
+            elif kernel == "adam":
+                if state and (state["step"].device.type != "cpu" or "exp_avg" not in state):
+                    others.append(p)
+                    continue
+                extra = (state.get("exp_avg"), state.get("exp_avg_sq"))
+            else:
+                extra = ()
+            if kernel is not None and _kernel_ready(p, p.grad, *extra):
+                fused.append(p)
+            else:
+                others.append(p)
+        return kernel, fused, others
+
+    def _run_sgd(self, group, alpha, beta, kernel, params) -> None:
+        values = [_scalar(group["lr"]), _scalar(group["weight_decay"]),
+                  -1.0 if group.get("maximize", False) else 1.0, alpha, beta, self.clamp,
+                  1.0 if self.variant == "hyp" else 0.0]
+        if kernel == "sgd_momentum":
+            values += [float(group["momentum"]), 1.0 - float(group["dampening"]),
+                       1.0 if group["nesterov"] else 0.0]
+        hypers: dict[tuple[torch.device, bool], Tensor] = {}
+        for p in params:
+            args = [_flat(p), _flat(p.grad)]
+            first = False
+            if kernel == "sgd_momentum":
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                first = buf is None
+                if first:
+                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                args.append(_flat(buf))
+            hyper = hypers.get((p.device, first))
+            if hyper is None:
+                extra = [1.0 if first else 0.0] if kernel == "sgd_momentum" else []
+                hyper = hypers[(p.device, first)] = _hyper_tensor(values + extra, p.device)
+            args.append(hyper)
+            self._call(kernel, p, args)
+
+    def _run_adam(self, group, alpha, beta, params) -> None:
+        lr, wd = _scalar(group["lr"]), _scalar(group["weight_decay"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        decoupled = group.get("decoupled_weight_decay", isinstance(self.base_optimizer, torch.optim.AdamW))
+        steps, hypers = [], {}
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+                state["step"] = torch.tensor(0.0, dtype=scalar_dtype)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            step = state["step"].item() + 1
+            steps.append(state["step"])
+            hyper = hypers.get((p.device, step))
+            if hyper is None:
+                values = [lr, 0.0 if decoupled else wd, -1.0 if group.get("maximize", False) else 1.0,
+                          alpha, beta, self.clamp, 1.0 if self.variant == "hyp" else 0.0,
+                          1.0 - lr * wd if decoupled else 1.0, 1.0 - beta1, beta2, 1.0 - beta2,
+                          lr / (1.0 - beta1 ** step), (1.0 - beta2 ** step) ** 0.5, float(group["eps"])]
+                hyper = hypers[(p.device, step)] = _hyper_tensor(values, p.device)
+            args = [_flat(p), _flat(p.grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), hyper]
+            self._call("adam", p, args)
+        torch._foreach_add_(steps, 1.0)
+
+    # -- two-step bases (SAM) ----------------------------------------------------------
+    def first_step(self, zero_grad: bool = False) -> None:
+        """For a two-step base such as SAM: record HYP signs, then the base's first_step."""
+        if not hasattr(self.base_optimizer, "first_step"):
+            raise AttributeError(f"HAM.first_step needs a two-step base optimizer such as SAM, "
+                                 f"got {type(self.base_optimizer).__name__}")
+        plan = self._covered_by_group()
+        self._pending_signs = [plan, self._signs(plan)]
+        self.base_optimizer.first_step(zero_grad=zero_grad)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """The base's second_step (its real update), then HAM with the gradient it used."""
+        if self._pending_signs is None:
+            raise RuntimeError("HAM.second_step called without first_step")
+        plan, signs = self._pending_signs
+        self._pending_signs = None
+        self.base_optimizer.second_step(zero_grad=False)
+        counted = self._diag_count
+        self._apply_after_base(plan, signs, compiled=self._use_compiled())
+        if self._diag_count != counted:
+            self._diag_steps += 1
+        if zero_grad:
+            self.zero_grad()
+
+
+_KERNEL_ARITY = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "ham": 0, "ham_signed": 1}
+_HYPER_LENGTH = {"sgd": len(K.SGD_HYPER), "sgd_momentum": len(K.SGD_MOMENTUM_HYPER),
+                 "adam": len(K.ADAM_HYPER), "ham": len(K.HAM_HYPER), "ham_signed": len(K.HAM_HYPER)}
+_WARMED: set[tuple[str, str, bool, bool]] = set()
+
+
+def _hyper_tensor(values: list[float], device: torch.device) -> Tensor:
+    hyper = torch.tensor(values, dtype=torch.float32)
+    if device.type == "cuda":
+        hyper = hyper.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        hyper = hyper.to(device)
+    return hyper
+
+
+def _warm(name: str, device: torch.device, serial: bool, diagnostics: bool) -> None:
+    key = (name, str(device), serial, diagnostics)
+    if key in _WARMED:
+        return
+    numel = 64 if serial else 4 * K.PARALLEL_MIN_NUMEL
+    args = [torch.zeros(numel, device=device) for _ in range(2 + _KERNEL_ARITY[name])]
+    if name == "ham_signed":
+        args[2] = torch.zeros(numel, dtype=torch.int8, device=device)
+    args.append(torch.zeros(_HYPER_LENGTH[name], device=device))
+    if diagnostics:
+        args.append(torch.zeros(3, dtype=torch.float64, device=device))
+    K.compiled_kernel(name, diagnostics, serial)(*args)
+    _WARMED.add(key)

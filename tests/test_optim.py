@@ -1,0 +1,546 @@
+"""HAM / SAM / build_optimizer: exact updates against per-tensor references, state, AMP, compile.
+
+Tests that compile kernels (implementation="compiled", torch.compile of a
+training step) are marked ``slow``: the first compile in a process takes 10-60 s
+on a small CPU machine; later ones reuse inductor's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from ham_bench.optim import HAM, SAM, build_optimizer
+from ham_bench.optim import ham_kernels
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LR = 0.05
+ALPHA, BETA, CLAMP = 20.0, 1e-2, 5.0
+SHAPES = [(6, 5), (3, 2, 3, 3), (5,), (4, 7)]
+IMPLEMENTATIONS = [
+    "foreach",
+    pytest.param("compiled", marks=pytest.mark.slow),
+]
+BASES = ["sgd", "adamw", "sam"]
+VARIANTS = ["hyp_star", "hyp"]
+
+
+# ---- problem: params, a loss whose gradient depends on the weights (so SAM matters) -----------
+def make_params(seed: int = 0, zeros: bool = False) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(0.5 * torch.randn(shape, generator=g)) for shape in SHAPES]
+    if zeros:
+        with torch.no_grad():
+            for p in params:
+                p.view(-1)[::3] = 0.0
+    return params
+
+
+def loss_fn(params, step: int, zeros: bool = False):
+    g = torch.Generator().manual_seed(1000 + step)
+    total = 0.0
+    for p in params:
+        a = 0.5 + torch.rand(p.shape, generator=g)
+        b = torch.randn(p.shape, generator=g)
+        if zeros:  # no gradient where the weight is exactly zero
+            b = b * (p.detach() != 0)
+        total = total + 0.5 * ((a * p) ** 2).sum() + (b * p).sum()
+    return total
+
+
+def make_base(name: str, params, lr: float = LR):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if name == "sam":
+        return SAM(params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, weight_decay=1e-3)
+    raise AssertionError(name)
+
+
+def one_step(opt, params, step: int, zeros: bool = False, before=None):
+    opt.zero_grad()
+    loss_fn(params, step, zeros).backward()
+    if before is not None:
+        before()
+    if getattr(opt, "requires_closure", False):
+        def closure():
+            loss = loss_fn(params, step, zeros)
+            loss.backward()
+            return loss
+        return opt.step(closure)
+    return opt.step()
+
+
+def reference_ham_(params, olds, variant, lr, alpha=ALPHA, beta=BETA, clamp=CLAMP, covered=None):
+    """The update of methods.md, one tensor at a time."""
+    with torch.no_grad():
+        for p, old in zip(params, olds):
+            if p.grad is None or not (covered(p) if covered else p.dim() >= 2):
+                continue
+            sign = torch.sign(p) if variant == "hyp_star" else torch.sign(old)
+            exponent = torch.clamp(-lr * (alpha * sign * p.grad + beta), -clamp, clamp)
+            p.mul_(torch.exp(exponent))
+
+
+def run_reference(base_name, variant, steps, lrs, zeros=False, **ham):
+    params = make_params(zeros=zeros)
+    base = make_base(base_name, params)
+    for step in range(steps):
+        for group in base.param_groups:
+            group["lr"] = lrs[step]
+        olds = [p.detach().clone() for p in params]
+        one_step(base, params, step, zeros)
+        reference_ham_(params, olds, variant, lrs[step], **ham)
+    return params
+
+
+def run_ham(base_name, variant, implementation, steps, lrs, zeros=False, **ham):
+    params = make_params(zeros=zeros)
+    opt = HAM(make_base(base_name, params), variant=variant, implementation=implementation,
+              **{"alpha": ALPHA, "beta": BETA, "clamp": CLAMP, **ham})
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lrs[step]
+        one_step(opt, params, step, zeros)
+    return params, opt
+
+
+def tolerance(implementation):
+    # compiled kernels redo the base update in one pass: equal up to float32 rounding
+    return {"rtol": 1e-6, "atol": 1e-7} if implementation == "foreach" else {"rtol": 1e-5, "atol": 2e-6}
+
+
+# ---- the update ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("base_name", BASES)
+def test_update_matches_per_tensor_reference(base_name, variant, implementation):
+    lrs = [LR, 0.5 * LR, 0.25 * LR]  # changing lr: HAM must read the group's current lr
+    expected = run_reference(base_name, variant, 3, lrs)
+    got, _ = run_ham(base_name, variant, implementation, 3, lrs)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
+    # HAM really did something: the plain base optimizer ends elsewhere
+    plain = make_params()
+    base = make_base(base_name, plain)
+    for step in range(3):
+        for group in base.param_groups:
+            group["lr"] = lrs[step]
+        one_step(base, plain, step)
+    assert not torch.allclose(plain[0], got[0], rtol=1e-3)
+    if base_name != "sam":  # SAM couples all weights through the gradient norm
+        torch.testing.assert_close(plain[2], got[2], **tolerance(implementation))  # 1-D: not covered
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("base_name", BASES)
+def test_zero_strength_is_bit_identical_to_base(base_name, implementation):
+    lrs = [LR] * 3
+    got, _ = run_ham(base_name, "hyp", implementation, 3, lrs, alpha=0.0, beta=0.0)
+    plain = make_params()
+    base = make_base(base_name, plain)
+    for step in range(3):
+        one_step(base, plain, step)
+    for p, q in zip(plain, got):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("base_name", BASES)
+def test_exact_zeros_stay_zero(base_name, variant, implementation):
+    got, _ = run_ham(base_name, variant, implementation, 3, [LR] * 3, zeros=True)
+    for p in got:
+        zero = torch.zeros_like(p, dtype=torch.bool)
+        zero.view(-1)[::3] = True
+        assert torch.all(p[zero] == 0)
+        assert torch.all(p[~zero] != 0)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_clamp_bounds_the_factor(implementation):
+    clamp = 2.0
+    params = make_params()
+    base_params = make_params()
+    opt = HAM(torch.optim.SGD(params, lr=0.1), alpha=1e6, beta=0.0, clamp=clamp, implementation=implementation,
+              diagnostics=True)
+    base = torch.optim.SGD(base_params, lr=0.1)
+    one_step(opt, params, 0)
+    one_step(base, base_params, 0)
+    for p, q in zip(params, base_params):
+        if p.dim() < 2:
+            continue
+        log_factor = torch.log(p / q)
+        torch.testing.assert_close(log_factor.abs(), torch.full_like(p, clamp), rtol=0, atol=1e-5)
+    stats = opt.diagnostics()
+    assert stats["ham_clamp_fraction"] == 1.0
+    assert stats["ham_max_abs_exponent"] == pytest.approx(clamp)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_lr_scheduler_lr_is_used(implementation):
+    def schedule(step):
+        return [1.0, 0.3, 0.1][min(step, 2)]
+
+    params = make_params()
+    opt = HAM(make_base("sgd", params), alpha=ALPHA, beta=BETA, implementation=implementation)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    seen = []
+    for step in range(3):
+        seen.append(opt.param_groups[0]["lr"])
+        one_step(opt, params, step)
+        scheduler.step()
+    assert seen == pytest.approx([LR, 0.3 * LR, 0.1 * LR])
+    assert opt.base_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * LR)
+    expected = run_reference("sgd", "hyp_star", 3, seen)
+    for e, g in zip(expected, params):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
+
+
+# ---- optimizer plumbing ----------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("base_name", BASES)
+def test_state_dict_round_trip_resumes_identically(base_name, implementation):
+    params = make_params()
+    opt = HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, variant="hyp", implementation=implementation)
+    for step in range(2):
+        one_step(opt, params, step)
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["ham"]["alpha"] == ALPHA and saved["ham"]["variant"] == "hyp"
+    for step in range(2, 4):
+        one_step(opt, params, step)
+
+    resumed = [nn.Parameter(p.clone()) for p in saved_params]
+    fresh = HAM(make_base(base_name, resumed), alpha=1.0, beta=0.5, variant="hyp_star", implementation=implementation)
+    fresh.load_state_dict(saved)
+    assert (fresh.alpha, fresh.beta, fresh.variant) == (ALPHA, BETA, "hyp")
+    assert fresh.param_groups is fresh.base_optimizer.param_groups
+    assert fresh.state is fresh.base_optimizer.state
+    for step in range(2, 4):
+        one_step(fresh, resumed, step)
+    for p, q in zip(params, resumed):
+        assert torch.equal(p, q)
+
+
+def test_param_groups_state_and_defaults_are_the_base_objects():
+    params = make_params()
+    base = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    opt = HAM(base, implementation="foreach")
+    assert opt.param_groups is base.param_groups
+    assert opt.state is base.state
+    assert opt.defaults is base.defaults
+    assert opt.base_optimizer is base
+    one_step(opt, params, 0)
+    assert "momentum_buffer" in opt.state[params[0]]
+    opt.state[params[0]]["momentum_buffer"].zero_()  # e.g. AC/DC's momentum reset
+    assert base.state[params[0]]["momentum_buffer"].abs().sum() == 0
+    opt.load_state_dict(opt.state_dict())  # torch replaces the base's list and dict here
+    assert opt.param_groups is base.param_groups and opt.state is base.state
+
+    sam = SAM(make_params(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    wrapped = HAM(sam, implementation="foreach")
+    assert wrapped.param_groups is sam.param_groups is sam.base_optimizer.param_groups
+    assert wrapped.state is sam.state is sam.base_optimizer.state
+    assert wrapped.requires_closure and sam.requires_closure and not opt.requires_closure
+
+
+def test_add_param_group_zero_grad_and_step_hooks():
+    params = make_params()
+    opt = HAM(torch.optim.SGD(params[:2], lr=0.1), alpha=ALPHA, beta=BETA, implementation="foreach")
+    opt.add_param_group({"params": params[2:], "lr": 0.01, "ham": False})
+    assert len(opt.base_optimizer.param_groups) == 2
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    untouched = params[3].detach().clone()
+    one_step(opt, params, 0)
+    assert calls == ["pre", "post"]
+    torch.testing.assert_close(params[3], untouched - 0.01 * params[3].grad)  # plain SGD: ham=False
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+def test_group_overrides_filter_and_rmsprop_alpha():
+    params = make_params()
+    groups = [{"params": params[:2], "alpha": 5.0, "beta": 0.0}, {"params": params[2:]}]
+    opt = HAM(torch.optim.SGD(groups, lr=LR), alpha=ALPHA, beta=BETA, implementation="foreach",
+              param_filter=lambda p: p.shape != (4, 7))
+    olds = [p.detach().clone() for p in params]
+    one_step(opt, params, 0)
+    expected = [nn.Parameter(o.clone()) for o in olds]
+    base = torch.optim.SGD(expected, lr=LR)
+    one_step(base, expected, 0)
+    reference_ham_(expected[:2], olds[:2], "hyp_star", LR, alpha=5.0, beta=0.0)
+    for e, g in zip(expected, params):  # params[3] (4, 7) is filtered out: plain SGD
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+
+    # RMSprop has its own 'alpha' group key: HAM must not read it
+    rms_params = make_params()
+    rms = HAM(torch.optim.RMSprop(rms_params, lr=1e-3, alpha=0.99), alpha=ALPHA, beta=BETA)
+    assert rms._group_settings(rms.param_groups[0]) == (True, ALPHA, BETA)
+
+
+def test_bad_input_names_argument_and_allowed_values():
+    params = make_params()
+    with pytest.raises(ValueError, match="alpha"):
+        HAM(torch.optim.SGD(params, lr=0.1), alpha=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        HAM(torch.optim.SGD(params, lr=0.1), beta=-1e-3)
+    with pytest.raises(ValueError, match="clamp must be > 0"):
+        HAM(torch.optim.SGD(params, lr=0.1), clamp=0.0)
+    with pytest.raises(ValueError, match="variant must be one of .*hyp_star.*hyp"):
+        HAM(torch.optim.SGD(params, lr=0.1), variant="hyperbolic")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        HAM(torch.optim.SGD(params, lr=0.1), implementation="triton")
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        HAM(params)
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        HAM(torch.optim.SGD)
+    with pytest.raises(ValueError, match="'alpha'"):
+        HAM(torch.optim.SGD([{"params": params, "alpha": -2.0}], lr=0.1))
+    with pytest.raises(TypeError, match="base_optimizer_cls"):
+        SAM(params, "sgd", lr=0.1)
+    with pytest.raises(ValueError, match="rho"):
+        SAM(params, torch.optim.SGD, rho=-0.1, lr=0.1)
+    with pytest.raises(ValueError, match="closure"):
+        SAM(params, torch.optim.SGD, lr=0.1).step()
+
+
+# ---- GradScaler ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_grad_scaler_skip_and_unscaled_gradients(implementation):
+    params = make_params()
+    opt = HAM(make_base("sgd", params), alpha=ALPHA, beta=BETA, implementation=implementation)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+
+    # inf gradient: neither the base step nor HAM may touch anything
+    before = [p.detach().clone() for p in params]
+    scaler.scale(loss_fn(params, 0)).backward()
+    params[1].grad[0, 0, 0, 0] = math.inf
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 9
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+    assert len(opt.state) == 0
+    opt.zero_grad()
+
+    # finite: same as an unscaled reference step
+    scaler.scale(loss_fn(params, 0)).backward()
+    scaler.step(opt)
+    scaler.update()
+    expected = run_reference("sgd", "hyp_star", 1, [LR])
+    for e, g in zip(expected, params):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
+
+
+# ---- diagnostics ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_diagnostics_match_reference(implementation):
+    clamp = 0.2
+    params = make_params()
+    opt = HAM(torch.optim.SGD(params, lr=LR), alpha=ALPHA, beta=BETA, clamp=clamp,
+              implementation=implementation, diagnostics=True)
+    exponents = []
+    for step in range(2):
+        opt.zero_grad()
+        loss_fn(params, step).backward()
+        with torch.no_grad():
+            for p in params:
+                if p.dim() >= 2:
+                    half = p - LR * p.grad
+                    exponents.append((-LR * (ALPHA * torch.sign(half) * p.grad + BETA)).flatten())
+        opt.step()
+    raw = torch.cat(exponents)
+    stats = opt.diagnostics(reset=True)
+    assert stats["ham_steps"] == 2
+    assert stats["ham_mean_abs_exponent"] == pytest.approx(raw.abs().clamp(max=clamp).mean().item(), rel=1e-5)
+    assert stats["ham_clamp_fraction"] == pytest.approx((raw.abs() >= clamp).double().mean().item())
+    assert 0 < stats["ham_clamp_fraction"] < 1
+    assert stats["ham_max_abs_exponent"] == pytest.approx(clamp)
+    assert opt.diagnostics() == {}  # reset
+    assert HAM(torch.optim.SGD(make_params(), lr=LR)).diagnostics() == {}  # off by default
+
+
+# ---- SAM ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_matches_manual_reference(adaptive):
+    rho = 0.5 if adaptive else 0.05
+    params = make_params()
+    sam = SAM(params, torch.optim.SGD, rho=rho, adaptive=adaptive, lr=LR, momentum=0.9)
+    manual = make_params()
+    base = torch.optim.SGD(manual, lr=LR, momentum=0.9)
+    for step in range(2):
+        loss = one_step(sam, params, step)
+        assert torch.isfinite(loss)
+
+        base.zero_grad()
+        loss_fn(manual, step).backward()
+        with torch.no_grad():
+            weights = [p.detach().clone() for p in manual]
+            scaled = [(p.abs() if adaptive else 1.0) * p.grad for p in manual]
+            norm = torch.sqrt(sum((s ** 2).sum() for s in scaled))
+            for p in manual:
+                p.add_(rho * (p ** 2 if adaptive else 1.0) * p.grad / (norm + 1e-12))
+        base.zero_grad()
+        loss_fn(manual, step).backward()
+        with torch.no_grad():
+            for p, w in zip(manual, weights):
+                p.copy_(w)
+        base.step()
+    for p, q in zip(manual, params):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    assert "momentum_buffer" in sam.state[params[0]]
+
+
+def test_ham_sam_two_step_api_equals_closure_step():
+    a, b = make_params(), make_params()
+    opt_a = HAM(make_base("sam", a), alpha=ALPHA, beta=BETA, variant="hyp", implementation="foreach")
+    opt_b = HAM(make_base("sam", b), alpha=ALPHA, beta=BETA, variant="hyp", implementation="foreach")
+    for step in range(2):
+        one_step(opt_a, a, step)
+        opt_b.zero_grad()
+        loss_fn(b, step).backward()
+        opt_b.first_step(zero_grad=True)
+        loss_fn(b, step).backward()
+        opt_b.second_step(zero_grad=True)
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+
+
+def test_sam_state_dict_round_trip():
+    params = make_params()
+    sam = SAM(params, torch.optim.AdamW, rho=0.1, adaptive=True, lr=1e-2)
+    one_step(sam, params, 0)
+    state = copy.deepcopy(sam.state_dict())
+    assert state["sam"] == {"rho": 0.1, "adaptive": True}
+    assert state["param_groups"][0]["rho"] == 0.1
+    other_params = [nn.Parameter(p.detach().clone()) for p in params]
+    other = SAM(other_params, torch.optim.AdamW, lr=1e-2)
+    other.load_state_dict(state)
+    assert other.rho == 0.1 and other.adaptive
+    one_step(sam, params, 1)
+    one_step(other, other_params, 1)
+    for p, q in zip(params, other_params):
+        assert torch.equal(p, q)
+
+
+# ---- compile ----------------------------------------------------------------------------------
+def test_compile_failure_in_auto_falls_back_to_foreach(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(ham_kernels, "compiled_kernel", broken)
+    monkeypatch.setattr("ham_bench.optim.ham._WARMED", set())
+    expected, _ = run_ham("sgd", "hyp_star", "foreach", 2, [LR] * 2)
+    with pytest.warns(RuntimeWarning, match="foreach"):
+        got, opt = run_ham("sgd", "hyp_star", "auto", 2, [LR] * 2)
+    assert opt._compile_failed
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+    with pytest.raises(RuntimeError, match="no compiler"):
+        run_ham("sgd", "hyp_star", "compiled", 1, [LR])
+
+
+def _train_step(model, opt, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss.detach()
+
+
+@pytest.fixture(scope="module")
+def compiled_train_step():
+    return torch.compile(_train_step)  # one compiled function shared by every test using it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torch_compile_training_step_matches_eager(compiled_train_step, variant):
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = HAM(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), alpha=5.0, beta=1e-3,
+                  variant=variant)
+        return model, opt
+
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 4
+    eager_model, eager_opt = build()
+    compiled_model, compiled_opt = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            expected = _train_step(eager_model, eager_opt, x, y)
+            got = compiled_train_step(compiled_model, compiled_opt, x, y)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for p, q in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager_model[0].weight, build()[0][0].weight)
+
+
+# ---- factory --------------------------------------------------------------------------------------
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        self.threshold = nn.Parameter(torch.zeros(1, 1))  # 2-D, like a learned threshold
+
+
+def test_build_optimizer_groups_and_wrapping():
+    from omegaconf import OmegaConf
+
+    net = _Net()
+    cfg = OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
+    opt = build_optimizer(net, cfg, {"enabled": False},
+                          extra_groups=[{"params": [net.threshold], "weight_decay": 1e-3, "ham": False}])
+    assert type(opt) is torch.optim.SGD
+    decay, no_decay, extra = opt.param_groups
+    assert {id(p) for p in decay["params"]} == {id(net.conv.weight), id(net.fc.weight)}
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias),
+                                                   id(net.fc.bias)}
+    assert extra["params"] == [net.threshold] and extra["ham"] is False and extra["weight_decay"] == 1e-3
+    assert decay["nesterov"] and decay["momentum"] == 0.9
+
+    ham = build_optimizer(net, {"name": "sam", "base": "adamw", "lr": 1e-3, "rho": 0.1, "betas": [0.9, 0.99]},
+                          {"enabled": True, "variant": "hyp", "alpha": 20.0, "beta": 1e-3, "clamp": 5.0,
+                           "implementation": "foreach", "diagnostics": True})
+    assert isinstance(ham, HAM) and isinstance(ham.base_optimizer, SAM)
+    assert isinstance(ham.base_optimizer.base_optimizer, torch.optim.AdamW)
+    assert ham.variant == "hyp" and ham.alpha == 20.0 and ham.diagnostics_enabled
+    assert ham.param_groups[0]["betas"] == (0.9, 0.99) and ham.param_groups[0]["rho"] == 0.1
+    assert ham.requires_closure
+
+    no_norm_rule = build_optimizer(list(net.named_parameters()),
+                                   {"name": "adamw", "lr": 1e-3, "no_decay_bias_norm": False})
+    assert len(no_norm_rule.param_groups) == 1 and no_norm_rule.param_groups[0]["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("cfg, ham_cfg, error, message", [
+    ({"name": "sgd", "lr": -1}, None, ValueError, r"optimizer\.lr must be > 0, got -1"),
+    ({"name": "rmsprop", "lr": 0.1}, None, ValueError, r"optimizer\.name must be one of sgd, adamw, sam"),
+    ({"name": "sgd", "lr": 0.1, "momentun": 0.9}, None, ValueError, r"unknown key\(s\) momentun"),
+    ({"name": "sgd", "lr": 0.1, "nesterov": True}, None, ValueError, r"optimizer\.nesterov"),
+    ({"name": "sam", "base": "lion", "lr": 0.1}, None, ValueError, r"optimizer\.base must be one of sgd, adamw"),
+    ({"name": "adamw", "lr": 0.1, "betas": [0.9, 1.5]}, None, ValueError, r"optimizer\.betas must be < 1"),
+    ({"name": "sgd", "lr": "fast"}, None, TypeError, r"optimizer\.lr must be a number"),
+    ({"name": "sgd", "lr": 0.1}, {"variant": "hyper"}, ValueError, r"ham\.variant must be one of hyp_star, hyp"),
+    ({"name": "sgd", "lr": 0.1}, {"alpha": -1.0}, ValueError, r"ham\.alpha must be >= 0"),
+    ({"name": "sgd", "lr": 0.1}, {"clamp": 0}, ValueError, r"ham\.clamp must be > 0"),
+    ({"name": "sgd", "lr": 0.1}, {"enabled": True, "alhpa": 1.0}, ValueError, r"ham has unknown key\(s\) alhpa"),
+])
+def test_build_optimizer_bad_values(cfg, ham_cfg, error, message):
+    with pytest.raises(error, match=message):
+        build_optimizer(_Net(), cfg, ham_cfg)

@@ -18,7 +18,7 @@ from ham_bench import atomic_io
 class MetricsLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, keep_epochs: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.rows = [row for row in atomic_io.read_jsonl(self.path) if row.get("epoch", 0) < keep_epochs]
+        self.rows = [row for row in atomic_io.read_jsonl(self.path) if row.get("epoch", 0) <= keep_epochs]
         atomic_io.write_jsonl(self.path, self.rows)
         self.wandb_run = None
         wandb_cfg = cfg.logger.get("wandb", {})

@@ -231,7 +231,8 @@ class Trainer:
                    "target_sparsity_masked_layers": report["target_sparsity"],
                    "dense_layers": [r["name"] for r in report["layers"] if not r["masked"]],
                    **self.flip_counter.epoch_report(weights), **self.topology.epoch_report(weights),
-                   **self.flops_meter.epoch_report(), **self.settings.extra_row}
+                   **self.flops_meter.epoch_report(), **self.sparsifier.extra_metrics(),
+                   **self.settings.extra_row}
             if self.has_ham_diagnostics:
                 row.update(self.optimizer.diagnostics(reset=True))
             self.best_acc = max(self.best_acc, row["test_acc"])

@@ -5,6 +5,10 @@
     ham-bench resume=outputs/2026-11-27/12-00-00  # continue a run in its own dir
     ham-bench export outputs/2026-11-27/12-00-00  # compressed sparse model (see ham_bench.export)
 
+Under ``torchrun --nproc_per_node=N -m ham_bench ...`` every rank runs this app;
+they join one process group (``ham_bench.distributed``) and share rank 0's
+run dir: ranks > 0 tell Hydra to write nothing into theirs and remove it.
+
 Errors a user can cause (bad values, missing data, unknown names) print one
 line, ``error: ...``, and exit with status 2; the run dir such a run created
 is removed, so no half-made run dir is left behind.
@@ -12,6 +16,7 @@ is removed, so no half-made run dir is left behind.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +30,9 @@ USAGE_ERROR = 2
 
 
 def _fail(message: str, run_dir: Path | None) -> None:
-    if run_dir is not None and not (run_dir / "summary.json").exists() \
+    from ham_bench import distributed
+
+    if run_dir is not None and distributed.is_main_process() and not (run_dir / "summary.json").exists() \
             and not (run_dir / "checkpoint.pt").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"error: {message}", file=sys.stderr)
@@ -47,12 +54,15 @@ def _resumed_config(resume: str) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def app(cfg: DictConfig) -> float | None:
+    from ham_bench import distributed
     from ham_bench.data import DatasetNotFoundError
     from ham_bench.validation import ConfigError, validate_config
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.get("resume"):
         cfg = _resumed_config(cfg.resume)
+    if distributed.init(cfg.device):  # launched as one rank of several (torchrun, submitit)
+        run_dir = distributed.shared_run_dir(run_dir)
     try:
         validate_config(cfg)
         from ham_bench.run import run_experiment
@@ -82,6 +92,10 @@ def main() -> None:
 
         sys.exit(export_main(sys.argv[2:]))
     sys.argv += _resume_overrides(sys.argv[1:])
+    if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0: Hydra writes nothing for it
+        from ham_bench.distributed import hydra_overrides_for_rank
+
+        sys.argv += hydra_overrides_for_rank(sys.argv[1:])
     app()
 
 

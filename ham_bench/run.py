@@ -5,6 +5,13 @@ Hydra), ``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (every epoch)
 and ``summary.json`` (at the end, ``status`` "completed" or "failed"). All are
 written atomically. ``resume=<run dir>`` continues a run in its own dir from
 its checkpoint, with the config stored there.
+
+Data parallel (launched by torchrun or a multi-task SLURM job, see
+``ham_bench.distributed``): every rank builds the same run, the sparsifier
+attaches to the plain model, its masks are broadcast from rank 0 and the model
+is wrapped in DistributedDataParallel; ``batch_size`` is per rank. Only rank 0
+writes (metrics, checkpoints, summary, wandb); a resumed run loads rank 0's
+checkpoint on every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ham_bench import atomic_io
+from ham_bench import atomic_io, distributed
 from ham_bench.data import build_datasets, build_loader
 from ham_bench.flops import flops_report
 from ham_bench.loggers import MetricsLogger
@@ -46,20 +53,24 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     """Everything one run needs, built in the order the sparsifier interface expects."""
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
-    data = build_datasets(cfg.dataset)
+    with distributed.main_process_first():  # rank 0 downloads, if anything is downloaded
+        data = build_datasets(cfg.dataset)
     pin = device.type == "cuda"
     train_loader = build_loader(data.train, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                                seed=cfg.seed, drop_last=True, pin_memory=pin)
+                                seed=cfg.seed, drop_last=True, pin_memory=pin,
+                                sampler=distributed.train_sampler(data.train, cfg.seed))
     eval_loader = build_loader(data.eval, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
-                               seed=cfg.seed, pin_memory=pin)
+                               seed=cfg.seed, pin_memory=pin, sampler=distributed.eval_sampler(data.eval))
     model = build_model(cfg.model, data.num_classes, data.in_channels, data.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device)
     sparsifier = build_sparsifier(cfg.sparsifier)
     sparsifier.attach(model, context)
+    distributed.broadcast_masks(sparsifier)
+    train_model = distributed.wrap_model(model, device, sparsifier)  # the model itself when not distributed
     optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_group_overrides())
     sparsifier.bind_optimizer(optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
@@ -67,16 +78,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
         ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction, stop_after_epochs=cfg.get("stop_after_epochs"),
-        input_shape=(data.in_channels, data.image_size, data.image_size), batch_size=cfg.batch_size,
+        input_shape=(data.in_channels, data.image_size, data.image_size),
+        batch_size=cfg.batch_size * distributed.world_size(),  # samples per step over all ranks (FLOPs)
         optimizer_cfg=cfg.optimizer, ham_cfg=cfg.ham, dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
-        extra_row={"eval_split": data.eval_split_name})
+        is_main_process=distributed.is_main_process(), extra_row={"eval_split": data.eval_split_name})
     keep_epochs = 0
-    if cfg.get("resume"):
+    if cfg.get("resume") and settings.is_main_process:
         keep_epochs = torch.load(Path(cfg.resume) / "checkpoint.pt", map_location="cpu",
                                  weights_only=False)["epoch"]
-    metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs)
+    metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs) if settings.is_main_process else None
     trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, metrics_logger,
-                      run_dir, settings, device, seed=cfg.seed,
+                      run_dir, settings, device, seed=cfg.seed, train_model=train_model,
                       checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                                         "model_args": {"num_classes": data.num_classes,
                                                        "in_channels": data.in_channels,
@@ -86,6 +98,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
              len(data.eval), data.eval_split_name, cfg.model.name,
              sum(p.numel() for p in model.parameters()) / 1e6, sparsifier.name, cfg.optimizer.name,
              cfg.ham.variant if cfg.ham.enabled else "off", device)
+    if distributed.is_distributed():
+        log.info(distributed.describe(cfg.batch_size))
     return trainer
 
 
@@ -97,7 +111,8 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
         sparsity, _ = layer_sparsity(trainer.sparsifier.effective_weights())
         meter = trainer.flops_meter
         flops = flops_report(trainer.model, trainer.sparsifier, trainer.settings.input_shape, cfg.optimizer, cfg.ham,
-                             steps=meter.ordinary_steps + meter.update_steps, batch_size=cfg.batch_size, meter=meter)
+                             steps=meter.ordinary_steps + meter.update_steps,
+                             batch_size=trainer.settings.batch_size, meter=meter)
     summary = {
         "status": status,
         "error": error,
@@ -134,17 +149,21 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.load_checkpoint(Path(cfg.resume) / "checkpoint.pt")
         log.info("resumed from %s at epoch %d", cfg.resume, trainer.start_epoch)
     status, error = "completed", None
+    main = trainer.settings.is_main_process  # only rank 0 writes
     try:
-        trainer.fit()
-        if len(trainer.metrics_logger.rows) < cfg.epochs:
+        last_row = trainer.fit()
+        if last_row.get("epoch", trainer.start_epoch) < cfg.epochs:
             status = "stopped"  # stop_after_epochs: resumable with resume=<run dir>
     except NonFiniteLossError as exc:
         status, error = "failed", str(exc)
         log.error("%s; the run stops, its last good checkpoint is kept in %s", exc, run_dir)
     except BaseException as exc:  # record why, then let it propagate (Ctrl-C included)
-        summary = summary_of(trainer, cfg, "failed", time.perf_counter() - started, repr(exc))
-        atomic_io.write_json(run_dir / "summary.json", summary)
+        if main:
+            summary = summary_of(trainer, cfg, "failed", time.perf_counter() - started, repr(exc))
+            atomic_io.write_json(run_dir / "summary.json", summary)
         raise
+    if not main:
+        return {"status": status, "error": error}
     summary = summary_of(trainer, cfg, status, time.perf_counter() - started, error)
     atomic_io.write_json(run_dir / "summary.json", summary)
     trainer.metrics_logger.finish(summary)

@@ -12,6 +12,12 @@ HAM diagnostics, one metrics row, one summary line, and a checkpoint.
 Host syncs are kept out of the step: losses and accuracies accumulate in
 device tensors and are read every ``log_every`` steps (progress bar, the
 non-finite-loss check and HAM's clamp warning) and at the end of the epoch.
+
+Data parallel (``ham_bench.distributed``): ``model`` is the plain model that
+the sparsifier, reports and checkpoints see; ``train_model`` (its DDP wrapper)
+runs the training forward/backward. Loss and accuracy sums are all-reduced
+where they are read, so every rank logs, checks and reports the same numbers;
+only rank 0 (``settings.is_main_process``) writes.
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ham_bench import atomic_io
+from ham_bench import atomic_io, distributed
 from ham_bench.flops import TrainingFlopsMeter
 from ham_bench.sign_flips import SignFlipCounter
 from ham_bench.topology import TopologyTracker, dump_masks
 from sparsifiers.base import sparsity_report
 
 log = logging.getLogger("ham_bench")
+
+RANK_SEED_STRIDE = 1_000_003 ** 2  # rank r's per-epoch seed is offset by r * this
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,8 +78,9 @@ def layer_sparsity(weights: dict[str, torch.Tensor]) -> tuple[float, dict[str, f
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, eval_loader, optimizer, scheduler, sparsifier,
                  metrics_logger, run_dir: Path, settings: TrainerSettings, device: torch.device,
-                 seed: int = 0, checkpoint_extra: dict | None = None):
+                 seed: int = 0, checkpoint_extra: dict | None = None, train_model: nn.Module | None = None):
         self.model = model
+        self.train_model = model if train_model is None else train_model
         self.train_loader = train_loader
         self.eval_loader = eval_loader
         self.optimizer = optimizer
@@ -108,23 +117,25 @@ class Trainer:
 
     def _loss(self, x, y):
         with self._autocast():
-            logits = self.model(x)
+            logits = self.train_model(x)
             return self.criterion(logits.float(), y), logits
 
     def _seed_epoch(self, epoch: int) -> None:
         # Data order, augmentation and dropout depend on (seed, epoch) only, so a
         # resumed run repeats exactly what the uninterrupted run would have done.
-        torch.manual_seed(self.seed * 1_000_003 + epoch)
+        # Each rank draws its own augmentation/dropout noise (rank 0: the single-process stream).
+        epoch_seed = self.seed * 1_000_003 + epoch + RANK_SEED_STRIDE * distributed.rank()
+        torch.manual_seed(epoch_seed)
         generator = getattr(self.train_loader, "generator", None)
         if generator is not None:
-            generator.manual_seed(self.seed * 1_000_003 + epoch)
+            generator.manual_seed(epoch_seed)
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
     # ---- one epoch -------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
-        self.model.train()
+        self.train_model.train()
         self._seed_epoch(epoch)
         self.sparsifier.on_epoch_start(epoch)
         loss_sum = torch.zeros((), device=self.device)
@@ -157,16 +168,18 @@ class Trainer:
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.size(0)
             if (index + 1) % self.settings.log_every == 0 or index + 1 == self.steps_per_epoch:
-                mean_loss = loss_sum.item() / seen
+                total_loss, total_correct, total_seen = distributed.global_sums(loss_sum, correct, seen)
+                mean_loss = total_loss / total_seen
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"non-finite training loss at epoch {epoch + 1}, step {index + 1}: {mean_loss}")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * total_correct / total_seen:.2f}")
                 if not warned:
                     warned = self._warn_if_clamped(epoch, index)
         seconds = time.perf_counter() - started
-        return {"train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
-                "epoch_seconds": seconds, "samples_per_second": seen / seconds}
+        total_loss, total_correct, total_seen = distributed.global_sums(loss_sum, correct, seen)
+        return {"train_loss": total_loss / total_seen, "train_acc": 100.0 * total_correct / total_seen,
+                "epoch_seconds": seconds, "samples_per_second": total_seen / seconds}
 
     def _closure(self, x, y):
         def closure():
@@ -192,6 +205,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        distributed.broadcast_buffers(self.model)  # every rank evaluates rank 0's BatchNorm statistics
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         top1 = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -207,8 +221,9 @@ class Trainer:
             top1 += (best[:, 0] == y).sum()
             top5 += (best == y[:, None]).any(dim=1).sum()
             seen += y.size(0)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": 100.0 * top1.item() / seen,
-                "test_top5": 100.0 * top5.item() / seen}
+        loss_sum, top1, top5, seen = distributed.global_sums(loss_sum, top1, top5, seen)  # over the ranks' shards
+        return {"test_loss": loss_sum / seen, "test_acc": 100.0 * top1 / seen,
+                "test_top5": 100.0 * top5 / seen}
 
     # ---- the run ---------------------------------------------------------------------
     def fit(self) -> dict:

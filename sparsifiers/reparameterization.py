@@ -1,0 +1,167 @@
+"""Weight reparameterizations shared by the continuous methods (STR, Sign-In, PILoT).
+
+The forward weight of a layer is computed from trainable factors with
+``torch.nn.utils.parametrize``: ``layer.weight`` becomes a property that
+returns the computed weight, the factors live under
+``layer.parametrizations.weight`` (``original`` for STR, ``original0`` = m and
+``original1`` = w for the product), and the module's own forward code is
+untouched. We use parametrize rather than forward pre-hooks (the approach of
+``torch.nn.utils.prune``) because every reader of ``layer.weight`` (forward,
+reports, sign-flip counts, evaluation, export) then sees the computed weight,
+with no stale copy kept between forwards, and it works for any module type.
+
+Also here: the exact-count magnitude projection used by STR's final
+projection and PILoT's final pruning, and helpers that turn a reparameterized
+model back into a plain one (``plain_state_dict``, ``remove_reparameterizations``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsifiers.base import zero_optimizer_state
+
+
+# ---- theta = m * w -----------------------------------------------------------------
+def balanced_factors(theta: torch.Tensor, gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, w) with m * w = theta and m^2 - w^2 = gamma, m > 0 (w carries the sign).
+
+    ``m = sqrt((gamma + sqrt(gamma^2 + 4 theta^2)) / 2)``, ``w = theta / m``;
+    theta = 0 gives m = sqrt(gamma), w = 0 exactly.
+    """
+    m = torch.sqrt((gamma + torch.sqrt(gamma * gamma + 4.0 * theta * theta)) / 2.0)
+    return m, theta / m
+
+
+class ProductWeight(nn.Module):
+    """Parametrization ``weight = m * w``; registering it splits the current weight into balanced factors."""
+
+    def forward(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return m * w
+
+    def right_inverse(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return balanced_factors(theta.detach(), 1.0)
+
+
+def add_product(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+    """Reparameterize ``layer.weight`` as m * w (balanced, gamma = 1); returns the new (m, w) parameters."""
+    parametrize.register_parametrization(layer, "weight", ProductWeight())
+    return product_factors(layer)
+
+
+def product_factors(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+    container = layer.parametrizations.weight
+    return container.original0, container.original1
+
+
+@torch.no_grad()
+def rebalance_(m: torch.Tensor, w: torch.Tensor, gamma: float = 1.0) -> None:
+    """Re-balance (m, w) in place to m^2 - w^2 = gamma, keeping m * w (up to rounding)."""
+    new_m, new_w = balanced_factors(m * w, gamma)
+    m.copy_(new_m)
+    w.copy_(new_w)
+
+
+# ---- back to a plain model ----------------------------------------------------------------
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every reparameterized weight merged into ``<layer>.weight``.
+
+    Loads into the same architecture without any sparsifier attached (export,
+    evaluation elsewhere). The model itself is not changed.
+    """
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        prefix = f"{name}." if name else ""
+        for tensor_name in list(module.parametrizations.keys()):
+            drop = f"{prefix}parametrizations.{tensor_name}."
+            for key in [k for k in state if k.startswith(drop)]:
+                del state[key]
+            state[f"{prefix}{tensor_name}"] = getattr(module, tensor_name).detach().clone()
+    return state
+
+
+def remove_reparameterizations(model: nn.Module) -> None:
+    """Merge every reparameterized weight into a plain ``weight`` Parameter, in place.
+
+    The factors (and any optimizer built on them) are gone afterwards: use it
+    for evaluation or export at the end of training, not to continue training.
+    """
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+
+
+# ---- exact-count magnitude projection ---------------------------------------------------------
+@torch.no_grad()
+def global_magnitude_masks(scores: dict[str, torch.Tensor], zeros: int) -> dict[str, torch.Tensor]:
+    """Bool masks that keep the largest ``scores`` over all tensors, with exactly ``zeros`` False entries.
+
+    Ties are broken by ``torch.topk``, so the count is exact even when many
+    scores are equal (e.g. STR's thresholded zeros).
+    """
+    total = sum(s.numel() for s in scores.values())
+    if not 0 <= zeros <= total:
+        raise ValueError(f"cannot prune {zeros} of {total} weights")
+    flat = torch.cat([s.detach().flatten().float() for s in scores.values()])
+    keep = torch.zeros(total, dtype=torch.bool, device=flat.device)
+    keep[torch.topk(flat, total - zeros, sorted=False).indices] = True
+    parts = keep.split([s.numel() for s in scores.values()])
+    return {key: part.view_as(s) for (key, s), part in zip(scores.items(), parts)}
+
+
+@torch.no_grad()
+def projection_masks(sparsifier, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Exact-count masks keeping the largest ``scores`` of a ``MaskedSparsifier``'s masked layers.
+
+    ``distribution=global``: one top-k over all masked layers with exactly
+    ``round(sparsity * N)`` zeros (AC/DC's global count); ``uniform``/``erk``:
+    a top-k per layer at its target count (``active_counts`` of
+    ``target_density_by_name``; layers at density 1 get no mask).
+    """
+    if sparsifier.distribution == "global":
+        total = sum(s.numel() for s in scores.values())
+        return global_magnitude_masks(scores, round(sparsifier.sparsity * total))
+    counts = sparsifier.target_counts()
+    masks = {}
+    for key, score in scores.items():
+        if sparsifier.target_density_by_name[key] >= 1.0:
+            continue
+        flat = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+        flat[torch.topk(score.detach().flatten().float(), counts[key], sorted=False).indices] = True
+        masks[key] = flat.view_as(score)
+    return masks
+
+
+def set_projection_targets(sparsifier) -> None:
+    """``target_density_by_name`` of a projected method: ``1 - sparsity`` on every masked layer under
+    ``global`` (only the total is fixed, as AC/DC reports it), else the distribution's densities."""
+    if sparsifier.distribution == "global":
+        masked = {f"{name}.weight" for name in sparsifier.masked_layer_names()}
+        sparsifier.target_density_by_name = {key: (1.0 - sparsifier.sparsity if key in masked else 1.0)
+                                             for key in sparsifier.layer_shapes()}
+    else:
+        sparsifier.compute_target_densities()
+
+
+@torch.no_grad()
+def pin_masked_factors(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], masks: dict[str, torch.Tensor],
+                       optimizer=None) -> None:
+    """Hold masked entries of m * w at the balanced zero: m = 1 (and w = 0, kept by the mask on w).
+
+    Also zeroes m's optimizer state there, so a regrown entry restarts from
+    m = 1, w = 0 with no stale momentum, and its first gradient on w equals
+    the gradient on theta. No host sync.
+    """
+    for key, mask in masks.items():
+        pair = factors.get(key)
+        if pair is None:
+            continue
+        m = pair[0]
+        m.masked_fill_(mask.logical_not(), 1.0)
+        zero_optimizer_state(optimizer, m, keep=mask)
+

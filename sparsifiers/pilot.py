@@ -77,8 +77,9 @@ class PILoT(MaskedSparsifier):
     Before the pruning there are no masks (``masks()`` is empty).
     ``effective_weights()`` is m * w; ``plain_state_dict()`` merges it for
     export. ``extra_metrics()`` gives ``pilot_alpha``, ``pilot_l1_norm``,
-    ``pilot_l1_target``, ``pilot_pruned``, and target and achieved sparsity
-    over the masked layers. Doubles the masked layers' parameters.
+    ``pilot_l1_target`` and ``pilot_pruned``; target and achieved sparsity
+    are in the log line and the trainer's rows. Doubles the masked layers'
+    parameters.
     """
 
     name = "pilot"
@@ -189,7 +190,7 @@ class PILoT(MaskedSparsifier):
         if not self.pruned and epoch + 1 >= self.prune_epoch:
             self.prune()
         self.last_l1 = l1
-        report = self.extra_metrics()
+        report = sparsity_report(self)
         log.info("PILoT epoch %d: alpha %s to %.3g (L1 %.4g, target %.4g), sparsity target %.4f achieved %.4f%s",
                  epoch + 1, "raised" if grow else "lowered", self.alpha, l1, self.l1_target,
                  report["target_sparsity"], report["achieved_sparsity"], " (pruned)" if self.pruned else "")
@@ -213,9 +214,7 @@ class PILoT(MaskedSparsifier):
 
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, Any]:
-        report = sparsity_report(self)
-        return {"target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
-                "pilot_alpha": self.alpha, "pilot_l1_norm": self.last_l1, "pilot_l1_target": self.l1_target,
+        return {"pilot_alpha": self.alpha, "pilot_l1_norm": self.last_l1, "pilot_l1_target": self.l1_target,
                 "pilot_pruned": self.pruned}
 
     def plain_state_dict(self) -> dict[str, torch.Tensor]:

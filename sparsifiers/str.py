@@ -79,9 +79,11 @@ class STR(MaskedSparsifier):
       plain STR: the achieved sparsity is whatever the thresholds give.
     - Layers: every conv and linear weight gets a threshold (``dense_first``
       null means masked, as for ``global``; ``dense_last`` false).
-    - Target and achieved sparsity over the masked layers, the mean threshold
-      sigmoid(s) and whether the projection happened are logged every epoch
-      and returned by ``extra_metrics()``.
+    - Target and achieved sparsity over the masked layers are logged every
+      epoch (log line; the trainer's rows carry them for every method as
+      ``target_sparsity_masked_layers`` / ``sparsity_masked_layers``);
+      ``extra_metrics()`` adds the mean threshold sigmoid(s)
+      (``str_threshold_mean``) and ``str_projected``.
     - ``masks()`` is the support of W_eff (``|W| > sigmoid(s)``) before the
       projection and the fixed mask after it.
 
@@ -137,6 +139,11 @@ class STR(MaskedSparsifier):
                  "weight_decay": self.threshold_weight_decay, "ham": False}]
 
     @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """After the projection the thresholds leave the forward pass (DDP must allow unused parameters)."""
+        return self.final_projection
+
+    @property
     def projection_epoch(self) -> int:
         """1-based epoch at whose end the projection happens."""
         epochs = self.context.epochs
@@ -146,9 +153,9 @@ class STR(MaskedSparsifier):
     def on_epoch_end(self, epoch: int, stats: dict[str, float] | None = None) -> None:
         if self.final_projection and not self.projected and epoch + 1 >= self.projection_epoch:
             self.project()
-        metrics = self.extra_metrics()
+        report, metrics = sparsity_report(self), self.extra_metrics()
         log.info("STR epoch %d: target sparsity %.4f, achieved %.4f, mean threshold %.3g%s", epoch + 1,
-                 metrics["target_sparsity"], metrics["achieved_sparsity"], metrics["str_threshold_mean"],
+                 report["target_sparsity"], report["achieved_sparsity"], metrics["str_threshold_mean"],
                  " (projected: fixed mask)" if self.projected else "")
 
     @torch.no_grad()
@@ -180,10 +187,8 @@ class STR(MaskedSparsifier):
 
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, Any]:
-        report = sparsity_report(self)
         thresholds = [float(torch.sigmoid(t.s.detach())) for t in self.thresholds.values()]
-        return {"target_sparsity": report["target_sparsity"], "achieved_sparsity": report["achieved_sparsity"],
-                "str_threshold_mean": sum(thresholds) / len(thresholds) if thresholds else 0.0,
+        return {"str_threshold_mean": sum(thresholds) / len(thresholds) if thresholds else 0.0,
                 "str_projected": self.projected}
 
     def plain_state_dict(self) -> dict[str, torch.Tensor]:

@@ -14,15 +14,16 @@ from ham_bench.validation import validate_config
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "sparsifier").glob("*.yaml")
                  if p.stem not in ("acdc_imagenet", "acdc_cifar"))
 # enough steps for RigL to update its masks and AC/DC to cycle through its phases
-FAST = ["dataset.subset=1536", "epochs=1", "progress=false", "log_every=4", "sparsifier.update_interval=3"]
+FAST = ["dataset.subset=1536", "epochs=1", "progress=false", "log_every=4"]
+RIGL_UPDATES = {"rigl": "sparsifier.update_interval=3", "rigl_signin": "sparsifier.inner.update_interval=3"}
 
 
 def compose_run(method, ham):
-    overrides = [f"sparsifier={method}", f"ham={ham}", *FAST[:4]]
+    overrides = [f"sparsifier={method}", f"ham={ham}", *FAST]
     if method != "dense":
         overrides.append("sparsifier.sparsity=0.8")
-    if method == "rigl":
-        overrides.append(FAST[4])
+    if method in RIGL_UPDATES:
+        overrides.append(RIGL_UPDATES[method])
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     validate_config(cfg)
@@ -51,5 +52,5 @@ def test_method_trains_and_reports(tmp_path, method, ham):
         assert summary["final_sparsity_masked_layers"] == pytest.approx(0.8, abs=0.002)
     if ham == "hyp_star":
         assert "ham_mean_abs_exponent" in rows[-1] and rows[-1]["ham_clamp_fraction"] < 0.5
-    if method == "rigl":
+    if method in RIGL_UPDATES:
         assert rows[-1]["rigl_updates"] > 0 and rows[-1]["mask_updates"] > 0

@@ -106,7 +106,8 @@ def test_timm_models_by_name_follow_the_data_shape():
     assert_trains(vit, 10, 3, 32)
     gray = build_model(model_config("timm", timm_name="resnet18"), 10, 1, 28)
     assert gray.conv1.in_channels == 1 and gray.fc.out_features == 10
-    kwargs = build_model(model_config("timm", timm_name="vit_tiny_patch16_224", kwargs={"img_size": 48}), 10, 3, 32)
+    kwargs = build_model(model_config("timm", timm_name="vit_tiny_patch16_224", kwargs={"img_size": 48, "depth": 1}),
+                         10, 3, 32)
     assert kwargs.patch_embed.img_size == (48, 48)  # an explicit kwargs value wins
     with pytest.raises(ValueError, match="model.timm_name must be a timm model name"):
         build_model(model_config("timm", timm_name="no_such_net"), 10, 3, 32)

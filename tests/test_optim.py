@@ -28,7 +28,7 @@ IMPLEMENTATIONS = [
     "foreach",
     pytest.param("compiled", marks=pytest.mark.slow),
 ]
-BASES = ["sgd", "adamw", "sam"]
+BASES = ["sgd", "adamw", "sam", "adam", "sgd_dampening_maximize"]
 VARIANTS = ["hyp_star", "hyp"]
 
 
@@ -60,6 +60,10 @@ def make_base(name: str, params, lr: float = LR):
         return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if name == "adam":  # weight decay coupled into the gradient
+        return torch.optim.Adam(params, lr=lr, weight_decay=1e-2)
+    if name == "sgd_dampening_maximize":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, dampening=0.1, weight_decay=1e-3, maximize=True)
     if name == "sam":
         return SAM(params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, weight_decay=1e-3)
     raise AssertionError(name)
@@ -79,14 +83,15 @@ def one_step(opt, params, step: int, zeros: bool = False, before=None):
     return opt.step()
 
 
-def reference_ham_(params, olds, variant, lr, alpha=ALPHA, beta=BETA, clamp=CLAMP, covered=None):
-    """The update of methods.md, one tensor at a time."""
+def reference_ham_(params, olds, variant, lr, alpha=ALPHA, beta=BETA, clamp=CLAMP, covered=None, maximize=False):
+    """The update of methods.md, one tensor at a time (maximize: HAM descends -f like the base)."""
     with torch.no_grad():
         for p, old in zip(params, olds):
             if p.grad is None or not (covered(p) if covered else p.dim() >= 2):
                 continue
             sign = torch.sign(p) if variant == "hyp_star" else torch.sign(old)
-            exponent = torch.clamp(-lr * (alpha * sign * p.grad + beta), -clamp, clamp)
+            grad = -p.grad if maximize else p.grad
+            exponent = torch.clamp(-lr * (alpha * sign * grad + beta), -clamp, clamp)
             p.mul_(torch.exp(exponent))
 
 
@@ -98,7 +103,7 @@ def run_reference(base_name, variant, steps, lrs, zeros=False, **ham):
             group["lr"] = lrs[step]
         olds = [p.detach().clone() for p in params]
         one_step(base, params, step, zeros)
-        reference_ham_(params, olds, variant, lrs[step], **ham)
+        reference_ham_(params, olds, variant, lrs[step], maximize=base.param_groups[0].get("maximize", False), **ham)
     return params
 
 
@@ -203,6 +208,35 @@ def test_lr_scheduler_lr_is_used(implementation):
     expected = run_reference("sgd", "hyp_star", 3, seen)
     for e, g in zip(expected, params):
         torch.testing.assert_close(g, e, **tolerance(implementation))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base_name", ["sgd", "adamw"])
+def test_compiled_takes_channels_last_and_leaves_odd_tensors_to_foreach(base_name):
+    def build(seed=0):
+        g = torch.Generator().manual_seed(seed)
+        return [
+            nn.Parameter(torch.randn(4, 3, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)),
+            nn.Parameter(torch.randn(5, 6, generator=g, dtype=torch.float64)),  # not float32: foreach path
+            nn.Parameter(torch.randn(6, 5, generator=g).t()),  # transposed: foreach path
+            nn.Parameter(torch.randn(7, generator=g)),
+        ]
+
+    results = {}
+    for implementation in ("foreach", "compiled"):
+        params = build()
+        opt = HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, implementation=implementation)
+        for step in range(3):
+            opt.zero_grad()
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).to(memory_format=torch.channels_last) \
+                    if p.dim() == 4 else torch.randn(p.shape, generator=g, dtype=p.dtype).as_strided(p.shape, p.stride())
+            opt.step()
+        results[implementation] = params
+    assert results["compiled"][0].is_contiguous(memory_format=torch.channels_last)
+    for e, g in zip(results["foreach"], results["compiled"]):
+        torch.testing.assert_close(g, e, **tolerance("compiled"))
 
 
 # ---- optimizer plumbing ----------------------------------------------------------------------
@@ -440,7 +474,7 @@ def test_compile_failure_in_auto_falls_back_to_foreach(monkeypatch):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(ham_kernels, "compiled_kernel", broken)
-    monkeypatch.setattr("ham_bench.optim.ham._WARMED", set())
+    monkeypatch.setattr("ham_bench.optim.ham_fused._WARMED", set())
     expected, _ = run_ham("sgd", "hyp_star", "foreach", 2, [LR] * 2)
     with pytest.warns(RuntimeWarning, match="foreach"):
         got, opt = run_ham("sgd", "hyp_star", "auto", 2, [LR] * 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import ham_kernels as K
+from .ham_fused import CompiledSteps, kernel_ready, scalar
 
 __all__ = ["HAM"]
 
@@ -36,41 +36,7 @@ def _check_clamp(value: Any) -> float:
     return float(value)
 
 
-def _scalar(value: Any) -> float | None:
-    """A Python float for a number or a CPU scalar tensor; None for a device tensor."""
-    if isinstance(value, Tensor):
-        if value.device.type != "cpu" or value.numel() != 1:
-            return None
-        return float(value.item())
-    return float(value)
-
-
-def _flat(t: Tensor) -> Tensor:
-    """1-D view over a dense tensor's memory (contiguous or channels-last)."""
-    return t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,), t.storage_offset())
-
-
-def _dense(t: Tensor) -> bool:
-    return (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-            or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)))
-
-
-def _kernel_ready(p: Tensor, *others: Tensor | None) -> bool:
-    """Whether the compiled kernels can take p (and its grad/state) as flat views."""
-    if p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda") or p.numel() < 2:
-        return False
-    if not _dense(p):
-        return False
-    for t in others:
-        if t is None:
-            continue
-        if (t.layout != torch.strided or t.dtype != p.dtype or t.device != p.device
-                or t.shape != p.shape or t.stride() != p.stride()):
-            return False
-    return True
-
-
-class HAM(Optimizer):
+class HAM(CompiledSteps, Optimizer):
     """Hyperbolic Aware Minimization (HAM, ICLR 2026) around any torch optimizer.
 
     After the base optimizer's step, every covered weight is multiplied by
@@ -95,33 +61,42 @@ class HAM(Optimizer):
 
     Implementations (``implementation=``):
 
-    * ``"compiled"``: kernels built with ``torch.compile`` (dynamic shapes,
-      compiled once per process). For exactly ``torch.optim.SGD``, ``Adam`` and
-      ``AdamW`` groups without amsgrad/capturable/fused/differentiable, the base
-      update and HAM run as ONE pass per float32 tensor (the base optimizer's
-      ``step()`` still runs for every other parameter, e.g. biases). For any other
-      base (SAM, RMSprop, ...) the base steps first, then one compiled HAM pass
-      per tensor. Tensors the kernels cannot take (non-float32, sparse, odd
-      layouts) use the foreach path.
+    * ``"compiled"`` (``ham_fused.py``, ``ham_kernels.py``): kernels built with
+      ``torch.compile`` (dynamic shapes, compiled once per process, ~10-60 s on a
+      small CPU; single-threaded variants for CPU tensors under 32768 elements).
+      For exactly ``torch.optim.SGD``, ``Adam`` and ``AdamW`` groups without
+      amsgrad/capturable/fused/differentiable, the base update and HAM run as ONE
+      pass per float32 tensor, writing the base's own state (momentum_buffer,
+      exp_avg, exp_avg_sq, step), while the base optimizer's ``step()`` still
+      runs for every other parameter (biases, norms). For any other base (SAM,
+      RMSprop, ...) the base steps first, then one compiled HAM pass per tensor.
+      Tensors the kernels cannot take (not float32, odd layouts, lr given as a
+      device tensor) use the foreach path. Measured on ResNet-50 shapes (CPU,
+      results/bench_optim.md): SGD+HAM ~1.1x an SGD step, AdamW+HAM ~0.9x an
+      AdamW step. CUDA uses the same code (Triton) but was not exercised here.
     * ``"foreach"``: base ``step()``, then HAM as ``torch._foreach_*`` passes.
-      Exact, no compiler needed, several passes over memory. HYP stores int8
-      signs (1 byte per covered weight) for the duration of the step.
+      Exact, no compiler needed, several passes over memory (~2-3x a base
+      step). HYP stores int8 signs (1 byte per covered weight) for the duration
+      of the step.
     * ``"auto"`` (default): ``"compiled"``; falls back to ``"foreach"`` with a
       warning if compilation fails. Inside a ``torch.compile``'d region HAM always
       uses the foreach path and lets the outer compile fuse it.
 
-    The fused kernels reproduce torch's SGD/Adam(W) math up to float rounding
-    (not bit for bit). GradScaler: HAM does not claim ``_step_supports_amp_scaling``,
-    so ``scaler.step(ham)`` unscales ``p.grad`` in place and skips ``ham.step()``
+    The fused kernels reproduce torch's SGD/Adam(W) math up to float32 rounding
+    (not bit for bit; a group with alpha = beta = 0 is torch's own step, bit for
+    bit). Parameters with sparse gradients get the base step only.
+    GradScaler: HAM does not claim ``_step_supports_amp_scaling``, so
+    ``scaler.step(ham)`` unscales ``p.grad`` in place and skips ``ham.step()``
     entirely when it finds inf/NaN: neither the base step nor HAM applies, and
     HAM always sees unscaled gradients.
 
     Diagnostics (opt-in, ``diagnostics=True``; off by default because the
-    reductions cost ~20% of a fused step): during steps HAM accumulates, as
-    device tensors and without host syncs, the sum and max of |exponent| and the
-    number of covered weights whose exponent reached the clamp.
-    :meth:`diagnostics` returns ``ham_mean_abs_exponent``, ``ham_clamp_fraction``,
-    ``ham_max_abs_exponent``, ``ham_steps`` and syncs once.
+    in-kernel reductions add ~30% to a fused step on CPU): during steps HAM
+    accumulates, as device tensors and without host syncs, the sum and max of
+    |exponent| and the number of covered weights whose exponent reached the
+    clamp. :meth:`diagnostics` returns ``ham_mean_abs_exponent``,
+    ``ham_clamp_fraction``, ``ham_max_abs_exponent``, ``ham_steps`` and is the
+    only call that syncs.
 
     ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
     objects (also after ``load_state_dict``), so LR schedulers, GradScaler and
@@ -203,14 +178,14 @@ class HAM(Optimizer):
     def defaults(self) -> dict[str, Any]:
         return self.base_optimizer.defaults
 
+    @defaults.setter
+    def defaults(self, value):
+        self.base_optimizer.defaults = value
+
     @property
     def requires_closure(self) -> bool:
         """True when the base (e.g. SAM) needs ``step(closure)``."""
         return bool(getattr(self.base_optimizer, "requires_closure", False))
-
-    @defaults.setter
-    def defaults(self, value):
-        self.base_optimizer.defaults = value
 
     def __getstate__(self):
         return self.__dict__.copy()
@@ -372,7 +347,7 @@ class HAM(Optimizer):
         for index, (group, alpha, beta, params) in enumerate(plan):
             lr = group["lr"]
             if isinstance(lr, Tensor) and not torch.compiler.is_compiling():
-                lr = _scalar(lr) if lr.device.type == "cpu" else lr
+                lr = scalar(lr) if lr.device.type == "cpu" else lr
             maximize = bool(group.get("maximize", False))
             group_signs = signs[index] if signs is not None else None
             by_device: dict[torch.device, tuple[list, list, list]] = {}
@@ -382,7 +357,7 @@ class HAM(Optimizer):
                 if grad is None or grad.is_sparse:
                     continue
                 sign = group_signs[i] if group_signs is not None else None
-                if (compiled and not isinstance(lr, Tensor) and _kernel_ready(p, grad)
+                if (compiled and not isinstance(lr, Tensor) and kernel_ready(p, grad)
                         and (sign is None or sign.stride() == p.stride())):
                     kernel_items.append((p, grad, sign))
                 else:
@@ -404,171 +379,6 @@ class HAM(Optimizer):
                     self._diag_count += sum(p.numel() for p in ps)
             if self.diagnostics_enabled:
                 self._diag_count += sum(p.numel() for p, _, _ in kernel_items)
-
-    def _run_ham_kernels(self, items, lr: float, alpha: float, beta: float, maximize: bool) -> bool:
-        name = "ham" if self.variant == "hyp_star" else "ham_signed"
-        if not self._ensure_compiled({(name, p.device, self._serial(p)) for p, _, _ in items}):
-            return False
-        values = [lr, -1.0 if maximize else 1.0, alpha, beta, self.clamp]
-        hypers: dict[torch.device, Tensor] = {}
-        for p, grad, sign in items:
-            hyper = hypers.get(p.device)
-            if hyper is None:
-                hyper = hypers[p.device] = _hyper_tensor(values, p.device)
-            args = [_flat(p), _flat(grad)]
-            if sign is not None:
-                args.append(_flat(sign))
-            args.append(hyper)
-            self._call(name, p, args)
-        return True
-
-    # -- compiled kernels --------------------------------------------------------------
-    @staticmethod
-    def _serial(p: Tensor) -> bool:
-        return p.device.type == "cpu" and p.numel() < K.PARALLEL_MIN_NUMEL
-
-    def _call(self, name: str, p: Tensor, args: list) -> None:
-        acc = self._accumulator(p.device)
-        if acc is not None:
-            args.append(acc)
-        K.compiled_kernel(name, acc is not None, self._serial(p))(*args)
-
-    def _ensure_compiled(self, keys) -> bool:
-        """Compile (on small dummies, touching no real tensor) the kernels a step needs."""
-        try:
-            for name, device, serial in keys:
-                _warm(name, device, serial, self.diagnostics_enabled)
-        except Exception as error:  # compiler missing or broken: only 'auto' may fall back
-            if self.implementation == "compiled":
-                raise
-            self._compile_failed = True
-            warnings.warn(f"HAM: torch.compile failed ({type(error).__name__}: {error}); "
-                          "using the foreach implementation from now on", RuntimeWarning, stacklevel=3)
-            return False
-        return True
-
-    def _step_compiled(self, closure):
-        if self._fusable is None:
-            plan = self._covered_by_group()
-            signs = self._signs(plan)
-            loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
-            self._apply_after_base(plan, signs, compiled=True)
-            return loss
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        plan = self._covered_by_group()
-        fused, rest = [], []
-        for group, alpha, beta, params in plan:
-            kernel, items, others = self._fused_items(group, params)
-            if items:
-                fused.append((group, alpha, beta, kernel, items))
-            if others:
-                rest.append((group, alpha, beta, others))
-        if fused and not self._ensure_compiled({(kernel, p.device, self._serial(p))
-                                                for _, _, _, kernel, items in fused for p in items}):
-            return self._step_foreach(None, loss)
-        signs = self._signs(rest)
-        hidden = [p for *_, items in fused for p in items]
-        grads = [p.grad for p in hidden]
-        for p in hidden:
-            p.grad = None
-        try:
-            self.base_optimizer.step()
-        finally:
-            for p, grad in zip(hidden, grads):
-                p.grad = grad
-        for group, alpha, beta, kernel, items in fused:
-            if kernel == "adam":
-                self._run_adam(group, alpha, beta, items)
-            else:
-                self._run_sgd(group, alpha, beta, kernel, items)
-        if self.diagnostics_enabled:
-            self._diag_count += sum(p.numel() for p in hidden)
-        self._apply_after_base(rest, signs, compiled=True)
-        return loss
-
-    def _fused_items(self, group, params):
-        """Split a group's covered params with grads into (kernel, fused, after-base)."""
-        lr = _scalar(group["lr"])
-        wd = _scalar(group["weight_decay"])
-        kernel = None
-        if lr is not None and wd is not None and not group.get("differentiable", False):
-            if self._fusable == "sgd" and _scalar(group["momentum"]) is not None:
-                kernel = "sgd_momentum" if group["momentum"] != 0 else "sgd"
-            elif (self._fusable == "adam" and not group.get("amsgrad") and not group.get("capturable")
-                  and not group.get("fused") and not any(isinstance(b, Tensor) for b in group["betas"])):
-                kernel = "adam"
-        fused, others = [], []
-        for p in params:
-            if p.grad is None:
-                continue
-            state = self.state.get(p, {})
-            if kernel == "sgd_momentum":
-                extra = (state.get("momentum_buffer"),)
-            elif kernel == "adam":
-                if state and (state["step"].device.type != "cpu" or "exp_avg" not in state):
-                    others.append(p)
-                    continue
-                extra = (state.get("exp_avg"), state.get("exp_avg_sq"))
-            else:
-                extra = ()
-            if kernel is not None and _kernel_ready(p, p.grad, *extra):
-                fused.append(p)
-            else:
-                others.append(p)
-        return kernel, fused, others
-
-    def _run_sgd(self, group, alpha, beta, kernel, params) -> None:
-        values = [_scalar(group["lr"]), _scalar(group["weight_decay"]),
-                  -1.0 if group.get("maximize", False) else 1.0, alpha, beta, self.clamp,
-                  1.0 if self.variant == "hyp" else 0.0]
-        if kernel == "sgd_momentum":
-            values += [float(group["momentum"]), 1.0 - float(group["dampening"]),
-                       1.0 if group["nesterov"] else 0.0]
-        hypers: dict[tuple[torch.device, bool], Tensor] = {}
-        for p in params:
-            args = [_flat(p), _flat(p.grad)]
-            first = False
-            if kernel == "sgd_momentum":
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                first = buf is None
-                if first:
-                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                args.append(_flat(buf))
-            hyper = hypers.get((p.device, first))
-            if hyper is None:
-                extra = [1.0 if first else 0.0] if kernel == "sgd_momentum" else []
-                hyper = hypers[(p.device, first)] = _hyper_tensor(values + extra, p.device)
-            args.append(hyper)
-            self._call(kernel, p, args)
-
-    def _run_adam(self, group, alpha, beta, params) -> None:
-        lr, wd = _scalar(group["lr"]), _scalar(group["weight_decay"])
-        beta1, beta2 = (float(b) for b in group["betas"])
-        decoupled = group.get("decoupled_weight_decay", isinstance(self.base_optimizer, torch.optim.AdamW))
-        steps, hypers = [], {}
-        for p in params:
-            state = self.state[p]
-            if len(state) == 0:
-                scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-                state["step"] = torch.tensor(0.0, dtype=scalar_dtype)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            step = state["step"].item() + 1
-            steps.append(state["step"])
-            hyper = hypers.get((p.device, step))
-            if hyper is None:
-                values = [lr, 0.0 if decoupled else wd, -1.0 if group.get("maximize", False) else 1.0,
-                          alpha, beta, self.clamp, 1.0 if self.variant == "hyp" else 0.0,
-                          1.0 - lr * wd if decoupled else 1.0, 1.0 - beta1, beta2, 1.0 - beta2,
-                          lr / (1.0 - beta1 ** step), (1.0 - beta2 ** step) ** 0.5, float(group["eps"])]
-                hyper = hypers[(p.device, step)] = _hyper_tensor(values, p.device)
-            args = [_flat(p), _flat(p.grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), hyper]
-            self._call("adam", p, args)
-        torch._foreach_add_(steps, 1.0)
 
     # -- two-step bases (SAM) ----------------------------------------------------------
     def first_step(self, zero_grad: bool = False) -> None:
@@ -594,33 +404,3 @@ class HAM(Optimizer):
             self._diag_steps += 1
         if zero_grad:
             self.zero_grad()
-
-
-_KERNEL_ARITY = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "ham": 0, "ham_signed": 1}
-_HYPER_LENGTH = {"sgd": len(K.SGD_HYPER), "sgd_momentum": len(K.SGD_MOMENTUM_HYPER),
-                 "adam": len(K.ADAM_HYPER), "ham": len(K.HAM_HYPER), "ham_signed": len(K.HAM_HYPER)}
-_WARMED: set[tuple[str, str, bool, bool]] = set()
-
-
-def _hyper_tensor(values: list[float], device: torch.device) -> Tensor:
-    hyper = torch.tensor(values, dtype=torch.float32)
-    if device.type == "cuda":
-        hyper = hyper.pin_memory().to(device, non_blocking=True)
-    elif device.type != "cpu":
-        hyper = hyper.to(device)
-    return hyper
-
-
-def _warm(name: str, device: torch.device, serial: bool, diagnostics: bool) -> None:
-    key = (name, str(device), serial, diagnostics)
-    if key in _WARMED:
-        return
-    numel = 64 if serial else 4 * K.PARALLEL_MIN_NUMEL
-    args = [torch.zeros(numel, device=device) for _ in range(2 + _KERNEL_ARITY[name])]
-    if name == "ham_signed":
-        args[2] = torch.zeros(numel, dtype=torch.int8, device=device)
-    args.append(torch.zeros(_HYPER_LENGTH[name], device=device))
-    if diagnostics:
-        args.append(torch.zeros(3, dtype=torch.float64, device=device))
-    K.compiled_kernel(name, diagnostics, serial)(*args)
-    _WARMED.add(key)

@@ -25,6 +25,7 @@ The update, with g the raw gradient (negated when the base group maximizes):
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 from torch import Tensor
@@ -71,7 +72,7 @@ def sgd_update(param: Tensor, grad: Tensor, hyper: Tensor):
     g = grad * grad_sign
     d = torch.where(weight_decay != 0, g + weight_decay * param, g)
     new_param = param - lr * d
-    sign = torch.where(sign_before != 0, torch.sign(param), torch.sign(new_param))
+    sign = torch.sign(torch.where(sign_before != 0, param, new_param))
     out, raw, exponent = _ham_factor(new_param, sign, g, lr, alpha, beta, clamp)
     param.copy_(out)
     return raw, exponent, clamp
@@ -87,7 +88,7 @@ def sgd_momentum_update(param: Tensor, grad: Tensor, momentum_buffer: Tensor, hy
     buf = torch.where(first_step != 0, d, momentum_buffer * momentum + one_minus_dampening * d)
     direction = torch.where(nesterov != 0, d + momentum * buf, buf)
     new_param = param - lr * direction
-    sign = torch.where(sign_before != 0, torch.sign(param), torch.sign(new_param))
+    sign = torch.sign(torch.where(sign_before != 0, param, new_param))
     out, raw, exponent = _ham_factor(new_param, sign, g, lr, alpha, beta, clamp)
     momentum_buffer.copy_(buf)
     param.copy_(out)
@@ -105,7 +106,7 @@ def adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor
     v = exp_avg_sq * beta2 + one_minus_beta2 * (d * d)
     denom = torch.sqrt(v) / bias_correction2_sqrt + eps
     new_param = param * decay_factor - step_size * (m / denom)
-    sign = torch.where(sign_before != 0, torch.sign(param), torch.sign(new_param))
+    sign = torch.sign(torch.where(sign_before != 0, param, new_param))
     out, raw, exponent = _ham_factor(new_param, sign, g, lr, alpha, beta, clamp)
     exp_avg.copy_(m)
     exp_avg_sq.copy_(v)
@@ -140,6 +141,16 @@ def _accumulate(acc: Tensor, raw: Tensor, exponent: Tensor, clamp: Tensor) -> No
     ]))
 
 
+def _without_outputs(kernel):
+    # Returning the exponents would make the compiled graph write them to memory.
+    def kernel_in_place(*tensors):
+        kernel(*tensors)
+
+    kernel_in_place.__name__ = kernel.__name__
+    kernel_in_place.__qualname__ = kernel.__name__
+    return kernel_in_place
+
+
 def _with_diagnostics(kernel):
     def kernel_with_diagnostics(*args):
         *tensors, acc = args
@@ -151,14 +162,15 @@ def _with_diagnostics(kernel):
     return kernel_with_diagnostics
 
 
-KERNELS = {
+_UPDATES = {
     "sgd": sgd_update,
     "sgd_momentum": sgd_momentum_update,
     "adam": adam_update,
     "ham": ham_update,
     "ham_signed": ham_update_signed,
 }
-_KERNELS_WITH_DIAGNOSTICS = {name: _with_diagnostics(fn) for name, fn in KERNELS.items()}
+KERNELS = {name: _without_outputs(fn) for name, fn in _UPDATES.items()}
+_KERNELS_WITH_DIAGNOSTICS = {name: _with_diagnostics(fn) for name, fn in _UPDATES.items()}
 _COMPILED: dict[tuple[str, bool, bool], object] = {}
 
 
@@ -172,6 +184,11 @@ def compiled_kernel(name: str, diagnostics: bool, serial: bool):
     fn = _COMPILED.get(key)
     if fn is None:
         eager = (_KERNELS_WITH_DIAGNOSTICS if diagnostics else KERNELS)[name]
+        # A code object of its own per variant: dynamo caches compiled graphs (and counts
+        # recompiles against its limit) per code object.
+        label = f"{eager.__name__}_{'serial' if serial else 'parallel'}"
+        eager = types.FunctionType(eager.__code__.replace(co_name=label, co_qualname=label), eager.__globals__,
+                                   label, eager.__defaults__, eager.__closure__)
         options = {"cpp.threads": 1} if serial else None
         fn = torch.compile(eager, dynamic=True, fullgraph=True, options=options)
         _COMPILED[key] = fn

@@ -295,9 +295,13 @@ def test_add_param_group_zero_grad_and_step_hooks():
     calls = []
     opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
     opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    opt.register_state_dict_pre_hook(lambda o: calls.append("save"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load"))
     untouched = params[3].detach().clone()
     one_step(opt, params, 0)
     assert calls == ["pre", "post"]
+    opt.load_state_dict(opt.state_dict())
+    assert calls == ["pre", "post", "save", "load"]
     torch.testing.assert_close(params[3], untouched - 0.01 * params[3].grad)  # plain SGD: ham=False
     opt.zero_grad()
     assert all(p.grad is None for p in params)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch.optim import Optimizer
 
 from . import ham_kernels as K
 from .ham_fused import CompiledSteps, kernel_ready, scalar
+from .wrapper import WrappedOptimizer
 
 __all__ = ["HAM"]
 
@@ -36,7 +36,7 @@ def _check_clamp(value: Any) -> float:
     return float(value)
 
 
-class HAM(CompiledSteps, Optimizer):
+class HAM(CompiledSteps, WrappedOptimizer):
     """Hyperbolic Aware Minimization (HAM, ICLR 2026) around any torch optimizer.
 
     After the base optimizer's step, every covered weight is multiplied by
@@ -145,54 +145,11 @@ class HAM(CompiledSteps, Optimizer):
         self._diag_acc: dict[torch.device, Tensor] = {}
         self._diag_count = 0
         self._diag_steps = 0
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
+        self._init_wrapper()
         for group in self.param_groups:
             self._check_group(group)
             for p in group["params"]:
                 self._is_covered(p)
-
-    # -- the base optimizer's objects -------------------------------------------------
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.base_optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):
-        self.base_optimizer.param_groups = value
-
-    @property
-    def state(self):
-        return self.base_optimizer.state
-
-    @state.setter
-    def state(self, value):
-        self.base_optimizer.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.base_optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value):
-        self.base_optimizer.defaults = value
-
-    @property
-    def requires_closure(self) -> bool:
-        """True when the base (e.g. SAM) needs ``step(closure)``."""
-        return bool(getattr(self.base_optimizer, "requires_closure", False))
-
-    def __getstate__(self):
-        return self.__dict__.copy()
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._patch_step_function()
 
     def __repr__(self) -> str:
         return (f"HAM(variant={self.variant!r}, alpha={self.alpha}, beta={self.beta}, clamp={self.clamp}, "
@@ -237,34 +194,26 @@ class HAM(CompiledSteps, Optimizer):
         for p in self.param_groups[-1]["params"]:
             self._is_covered(p)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+    # -- state dict: the base's, plus HAM's settings under "ham" --------------------------
+    _state_key = "ham"
 
-    # -- state dict --------------------------------------------------------------------
-    def _settings(self) -> dict[str, Any]:
+    def _wrapper_state(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "beta": self.beta, "clamp": self.clamp, "variant": self.variant,
                 "min_ndim": self.min_ndim}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict plus HAM's settings under the key ``"ham"``."""
-        state = self.base_optimizer.state_dict()
-        state["ham"] = self._settings()
-        return state
+    def _load_wrapper_state(self, settings: dict[str, Any] | None) -> None:
+        if settings is None:
+            return
+        alpha = _check_strength("alpha", settings["alpha"])
+        beta = _check_strength("beta", settings["beta"])
+        clamp = _check_clamp(settings["clamp"])
+        if settings["variant"] not in VARIANTS:
+            raise ValueError(f"HAM: state dict variant must be one of {VARIANTS}, got {settings['variant']!r}")
+        self.alpha, self.beta, self.clamp, self.variant = alpha, beta, clamp, settings["variant"]
+        self.min_ndim = int(settings.get("min_ndim", self.min_ndim))
+        self._covered.clear()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from :meth:`state_dict` (or a plain base optimizer state dict)."""
-        state_dict = dict(state_dict)
-        settings = state_dict.pop("ham", None)
-        if settings is not None:
-            alpha = _check_strength("alpha", settings["alpha"])
-            beta = _check_strength("beta", settings["beta"])
-            clamp = _check_clamp(settings["clamp"])
-            if settings["variant"] not in VARIANTS:
-                raise ValueError(f"HAM: state dict variant must be one of {VARIANTS}, got {settings['variant']!r}")
-            self.alpha, self.beta, self.clamp, self.variant = alpha, beta, clamp, settings["variant"]
-            self.min_ndim = int(settings.get("min_ndim", self.min_ndim))
-            self._covered.clear()
-        self.base_optimizer.load_state_dict(state_dict)
+    def _after_load_state_dict(self) -> None:
         for group in self.param_groups:
             self._check_group(group)
 

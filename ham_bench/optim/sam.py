@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from .wrapper import WrappedOptimizer
 
 __all__ = ["SAM"]
 
@@ -24,7 +25,7 @@ def _check_rho(value: Any) -> float:
     return float(value)
 
 
-class SAM(Optimizer):
+class SAM(WrappedOptimizer):
     """Sharpness-Aware Minimization (SAM, Foret et al., ICLR 2021) around a base optimizer.
 
     Each update climbs to w + e(w) and applies the base optimizer there:
@@ -47,16 +48,15 @@ class SAM(Optimizer):
     and backward and returns the loss: ``step`` perturbs, calls it at w + e,
     restores and steps (``requires_closure`` is True so trainers know).
 
-    ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
-    objects, so ``sam.state[p]`` holds e.g. the momentum buffer. The copy of w
-    taken in ``first_step`` lives in a buffer reused across steps (one extra
-    copy of the parameters) and is not part of the state dict (save
-    checkpoints after ``second_step``). ``state_dict()`` is the base's state dict (groups carry
-    ``rho``/``adaptive``) plus SAM's defaults under ``"sam"``. No host syncs.
+    ``param_groups`` and ``state`` are the base optimizer's own objects, so
+    ``sam.state[p]`` holds e.g. the momentum buffer (``defaults`` is the base's
+    plus rho and adaptive). The copy of w taken in ``first_step`` lives in a
+    buffer reused across steps (one extra copy of the parameters) and is not
+    part of the state dict: save checkpoints after ``second_step``.
+    ``state_dict()`` is the base's state dict (groups carry ``rho``/``adaptive``)
+    plus SAM's defaults under ``"sam"``. No host syncs.
     Wrap in :class:`ham_bench.optim.HAM` to add HAM after the base step.
     """
-
-    requires_closure = True
 
     def __init__(self, params, base_optimizer_cls: type[Optimizer], rho: float = 0.05,
                  adaptive: bool = False, **base_kwargs):
@@ -74,13 +74,7 @@ class SAM(Optimizer):
             self._init_sam_group(group)
         self._backup: dict[Tensor, Tensor] = {}
         self._perturbed: list[Tensor] | None = None
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
+        self._init_wrapper()
 
     def _init_sam_group(self, group: dict[str, Any]) -> None:
         group.setdefault("rho", self._sam_defaults["rho"])
@@ -90,24 +84,13 @@ class SAM(Optimizer):
             raise TypeError(f"SAM: param group 'adaptive' must be a bool, got {group['adaptive']!r}")
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.base_optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value):
-        self.base_optimizer.param_groups = value
-
-    @property
-    def state(self):
-        return self.base_optimizer.state
-
-    @state.setter
-    def state(self, value):
-        self.base_optimizer.state = value
-
-    @property
     def defaults(self) -> dict[str, Any]:
+        """The base optimizer's defaults plus rho and adaptive (a new dict: read-only)."""
         return {**self.base_optimizer.defaults, **self._sam_defaults}
+
+    @property
+    def requires_closure(self) -> bool:
+        return True
 
     @property
     def rho(self) -> float:
@@ -117,13 +100,6 @@ class SAM(Optimizer):
     def adaptive(self) -> bool:
         return self._sam_defaults["adaptive"]
 
-    def __getstate__(self):
-        return self.__dict__.copy()
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._patch_step_function()
-
     def __repr__(self) -> str:
         return f"SAM(rho={self.rho}, adaptive={self.adaptive})\nbase: {self.base_optimizer!r}"
 
@@ -131,20 +107,19 @@ class SAM(Optimizer):
         self._init_sam_group(param_group)
         self.base_optimizer.add_param_group(param_group)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+    _state_key = "sam"
 
-    def state_dict(self) -> dict[str, Any]:
-        state = self.base_optimizer.state_dict()
-        state["sam"] = dict(self._sam_defaults)
-        return state
+    def _wrapper_state(self) -> dict[str, Any]:
+        return dict(self._sam_defaults)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        defaults = state_dict.pop("sam", None)
-        if defaults is not None:
-            self._sam_defaults = {"rho": _check_rho(defaults["rho"]), "adaptive": bool(defaults["adaptive"])}
-        self.base_optimizer.load_state_dict(state_dict)
+    def _load_wrapper_state(self, settings: dict[str, Any] | None) -> None:
+        if settings is not None:
+            adaptive = settings["adaptive"]
+            if not isinstance(adaptive, bool):
+                raise TypeError(f"SAM: state dict 'adaptive' must be a bool, got {adaptive!r}")
+            self._sam_defaults = {"rho": _check_rho(settings["rho"]), "adaptive": adaptive}
+
+    def _after_load_state_dict(self) -> None:
         for group in self.param_groups:
             self._init_sam_group(group)
 

@@ -229,7 +229,15 @@ def main(argv=None) -> int:
     for name, median, low, high, ratio, cpu_ms, cpu_ratio, extra, n in rows:
         lines.append(f"| {name} | {median:.1f} | {low:.1f}-{high:.1f} | {ratio:.2f} | {cpu_ms:.1f} | {cpu_ratio:.2f} "
                      f"| {extra} B | {n} |")
+    verdicts = []
+    for name, _, _, _, ratio, _, cpu_ratio, extra, _ in rows:
+        if "HAM* compiled (fused)" in name:
+            met = "met" if max(ratio, cpu_ratio) <= 1.5 and extra == 0 else "NOT met"
+            verdicts.append(f"{name.split(' ')[0]}: {cpu_ratio:.2f} (CPU) / {ratio:.2f} (wall), {extra} B extra: {met}")
     lines += [
+        "",
+        "Target (base + HAM) / base <= 1.5 with zero bytes of persistent state for HYP*, default",
+        "implementation: " + "; ".join(verdicts) + ".",
         "",
         "- `compiled (fused)`: `HAM(..., implementation=\"compiled\")` (what `auto` picks when torch.compile",
         "  works): one compiled kernel per covered float32 tensor does the SGD-momentum or AdamW update AND",

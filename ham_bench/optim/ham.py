@@ -330,6 +330,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
                 self._diag_count += sum(p.numel() for p, _, _ in kernel_items)
 
     # -- two-step bases (SAM) ----------------------------------------------------------
+    @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """For a two-step base such as SAM: record HYP signs, then the base's first_step."""
         if not hasattr(self.base_optimizer, "first_step"):

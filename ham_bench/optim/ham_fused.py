@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import ham_kernels as K
 
+
 def scalar(value: Any) -> float | None:
     """A Python float for a number or a CPU scalar tensor; None for a device tensor."""
     if isinstance(value, Tensor):
@@ -43,7 +44,7 @@ def _dense(t: Tensor) -> bool:
 
 
 def kernel_ready(p: Tensor, *others: Tensor | None) -> bool:
-    """Whether the compiled kernels can take p (and its grad/state) as flat views."""
+    """Whether the compiled kernels can take p (and its grad/state) as flat aliases of one layout."""
     if p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda") or p.numel() < 2:
         return False
     if not _dense(p):
@@ -105,6 +106,13 @@ class CompiledSteps:
         return True
 
     def _step_compiled(self, closure):
+        """One step on the compiled path.
+
+        Other bases: base step, then compiled HAM passes. SGD/Adam/AdamW: the
+        closure (if any) runs first; the kernels' parameters hide their grads
+        from the base step, which then updates only the rest; the fused kernels
+        update the hidden ones (base update + HAM); the rest get HAM passes.
+        """
         if self._fusable is None:
             plan = self._covered_by_group()
             signs = self._signs(plan)

@@ -1,0 +1,261 @@
+"""scripts/make_tables.py on a synthetic sweep made of a REAL run's files.
+
+One short real run (Fashion-MNIST subset, Random PaI at s=0.9, 2 epochs) provides a real run dir
+(summary.json, metrics.jsonl, .hydra/). The sweep is copies of it: each copy gets the config a
+real run of that row would have stored (composed with the Hydra compose API) and known
+accuracies, so the expected means and stds are known exactly. Some copies fail, stop, or lose
+their summary.json (a killed run); they must be listed and flagged, not dropped.
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ham_bench.cli import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "make_tables.py"
+REAL_RUN_OVERRIDES = ["sparsifier=random", "sparsifier.sparsity=0.9", "ham=off", "epochs=2",
+                      "dataset.subset=1200", "progress=false"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+make_tables = load_script("make_tables")
+
+
+def real_run_dir(tmp_path_factory) -> Path:
+    """A real run dir from the ham-bench CLI, made once per test session and shared by test_plots."""
+    run_dir = tmp_path_factory.getbasetemp() / "real_run"
+    if not (run_dir / "summary.json").exists():
+        env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run([sys.executable, "-m", "ham_bench", *REAL_RUN_OVERRIDES, f"hydra.run.dir={run_dir}"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    return run_dir
+
+
+def make_variant(source: Path, target: Path, overrides: list[str], seed: int, acc: float | None = None,
+                 status: str = "completed", flips_scale: float = 1.0, extra_summary: dict | None = None,
+                 keep_summary: bool = True) -> Path:
+    """Copy the real run to ``target`` as the run ``overrides`` + ``seed=...`` with final accuracy ``acc``."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, f"seed={seed}", "epochs=2", "dataset.subset=1200",
+                                                      "progress=false"])
+    OmegaConf.save(cfg, target / ".hydra" / "config.yaml")  # what Hydra stores: the unresolved config
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rows = [json.loads(line) for line in (target / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["sign_flips"] = int(row["sign_flips"] * flips_scale)
+    if acc is not None:
+        rows[-1]["test_acc"] = acc
+    (target / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = json.loads((target / "summary.json").read_text())
+    summary.update({
+        "status": status, "final_test_acc": acc, "best_test_acc": None if acc is None else acc + 0.5,
+        "target_sparsity": float(resolved["sparsifier"]["sparsity"]),
+        "final_sparsity": float(resolved["sparsifier"]["sparsity"]),
+        "sign_flips_total": sum(row["sign_flips"] for row in rows),
+        "error": None if status == "completed" else f"{status} on purpose",
+        "method": {**summary["method"], "sparsifier": resolved["sparsifier"]["name"], "seed": seed,
+                   "ham": resolved["ham"].get("variant", "hyp_star") if resolved["ham"]["enabled"] else "off"},
+        **(extra_summary or {}),
+    })
+    if keep_summary:
+        (target / "summary.json").write_text(json.dumps(summary))
+    else:
+        (target / "summary.json").unlink()
+    return target
+
+
+RANDOM = ["sparsifier=random"]
+RANDOM_HAM = ["sparsifier=random", "ham=hyp_star"]
+SIGNIN = ["sparsifier=signin", "ham=off"]
+RIGL = ["sparsifier=rigl", "ham=off"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two sweep dirs, as two multirun commands would leave them."""
+    source = real_run_dir(tmp_path_factory)
+    root = tmp_path_factory.mktemp("sweeps")
+    first, second = root / "first", root / "second"
+    runs = [
+        # Random, s=0.9, 3 seeds: mean 82, std 2
+        (first, "0_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 0, 80.0, {}),
+        (first, "1_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 1, 82.0, {}),
+        (first, "2_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 2, 84.0, {}),
+        # Random+HAM, s=0.9: seeds 0, 1 complete (85, 86); seed 2 FAILED (diverged)
+        (first, "3_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 0, 85.0, {"flips_scale": 3.0}),
+        (first, "4_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 1, 86.0, {"flips_scale": 3.0}),
+        (first, "5_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 2, 10.0, {"status": "failed"}),
+        # Random, s=0.8, one seed; its seed 1 was killed (no summary.json)
+        (first, "6_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.8"], 0, 87.5, {}),
+        (first, "7_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.8"], 1, None,
+         {"keep_summary": False}),
+        # second sweep dir: Random+Sign-In at s=0.9 (3 seeds) and a stopped RigL run
+        (second, "0_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 0, 83.0, {"flips_scale": 0.5}),
+        (second, "1_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 1, 83.5, {"flips_scale": 0.5}),
+        (second, "2_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 2, 84.5, {"flips_scale": 0.5}),
+        (second, "3_rigl", RIGL + ["sparsifier.sparsity=0.9"], 0, 81.0, {"status": "stopped"}),
+        # dense rows: baseline (2 seeds) and HAM with SAM (1 seed), with FLOPs keys
+        (second, "4_dense", ["sparsifier=dense", "ham=off"], 0, 90.0, {}),
+        (second, "5_dense", ["sparsifier=dense", "ham=off"], 1, 91.0, {}),
+        (second, "6_dense_sam_ham", ["sparsifier=dense", "ham=hyp_star", "optimizer=sam"], 0, 91.5, {}),
+    ]
+    for parent, name, overrides, seed, acc, options in runs:
+        options = dict(options)
+        flops = {"train_flops_fraction": 0.3 + seed / 10, "inference_flops_fraction": 0.1}
+        make_variant(source, parent / name, overrides, seed, acc, status=options.pop("status", "completed"),
+                     flips_scale=options.pop("flips_scale", 1.0), keep_summary=options.pop("keep_summary", True),
+                     extra_summary=flops if "random" in name and "ham" not in name else None)
+    return first, second
+
+
+def by_label(table, label, column):
+    return table.cells[(label, column)]
+
+
+def test_groups_means_and_stds(sweep):
+    runs = make_tables.collect_runs(list(sweep))
+    assert len(runs) == 15
+    tables = {t.name: t for t in make_tables.build_tables(runs)}
+    sparse, dense = tables["sparse"], tables["dense"]
+
+    random_09 = by_label(sparse, "Random", 0.9)
+    assert [r.seed for r in random_09.used] == [0, 1, 2]
+    assert make_tables.mean_std(random_09.values("final_test_acc")) == pytest.approx((82.0, 2.0))
+    assert make_tables.format_cell(random_09, "final_test_acc") == "82.00 ± 2.00 (3)"
+
+    ham = by_label(sparse, "Random+HAM", 0.9)
+    assert len(ham.runs) == 3 and [r.seed for r in ham.used] == [0, 1]
+    assert make_tables.mean_std(ham.values("final_test_acc")) == pytest.approx((85.5, statistics.stdev([85, 86])))
+    assert ham.flagged
+    assert make_tables.format_cell(ham, "final_test_acc") == "85.50 ± 0.71 (2)†"
+
+    signin = by_label(sparse, "Random+Sign-In", 0.9)  # read from the composed config: signin over random
+    assert make_tables.format_cell(signin, "final_test_acc") == "83.67 ± 0.76 (3)"
+    assert make_tables.format_cell(by_label(sparse, "Random", 0.8), "final_test_acc") == "87.50 (1)†"
+    assert make_tables.format_cell(by_label(sparse, "RiGL", 0.9), "final_test_acc") == "— (0)†"
+    assert sparse.rows == ["Random", "Random+Sign-In", "Random+HAM", "RiGL"]
+    assert sparse.columns == [0.8, 0.9]
+
+    assert dense.columns == ["2 ep", "+SAM 2 ep"]
+    assert dense.rows == ["baseline", "HAM"]
+    assert make_tables.format_cell(by_label(dense, "baseline", "2 ep"), "final_test_acc") == "90.50 ± 0.71 (2)"
+    assert make_tables.format_cell(by_label(dense, "HAM", "+SAM 2 ep"), "final_test_acc") == "91.50 (1)"
+
+
+def test_failed_stopped_and_killed_runs_are_listed(sweep):
+    text = make_tables.make_tables(list(sweep))
+    problems = text.split("## Runs not in the means")[1]
+    for name, status in [("5_random_ham", "failed"), ("7_random", "incomplete"), ("3_rigl", "stopped")]:
+        line = next(line for line in problems.splitlines() if name in line)
+        assert f"| {status} |" in line, line
+    assert "no summary.json" in problems and "failed on purpose" in problems
+    assert "0_random" not in problems
+
+
+def test_markdown_csv_and_paper_column(sweep, tmp_path):
+    out = tmp_path / "tables"
+    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, sweep), "--out", str(out),
+                             "--paper", "imagenet_sparse", "--paper", "imagenet_dense"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (out / "tables.md").read_text().strip()
+    assert {p.name for p in out.iterdir()} == {"tables.md", "sparse.csv", "sparse_detail.csv", "dense.csv",
+                                             "dense_detail.csv", "runs.csv"}
+    with open(out / "sparse.csv") as handle:
+        wide = {row["method"]: row for row in csv.DictReader(handle)}
+    assert wide["Random"]["s=0.9"] == "82.00 ± 2.00 (3)"
+    # the published column sits beside ours; published rows we did not run stay, empty on our side
+    with open(out / "sparse.csv") as handle:
+        header = next(csv.reader(handle))
+    assert header[:6] == ["family", "method", "s=0.8", "paper", "s=0.9", "paper"]
+    assert wide["Random"]["s=0.95"] == "—"
+    assert wide["AC/DC+HAM"]["s=0.9"] == "—" and wide["AC/DC+HAM"]["family"] == "DtS"
+    with open(out / "sparse_detail.csv") as handle:
+        detail = list(csv.DictReader(handle))
+    random_09 = next(r for r in detail if r["method"] == "Random" and r["target sparsity"] == "0.9")
+    assert (random_09["n"], random_09["seeds"], random_09["final_test_acc mean"], random_09["std"]) == (
+        "3", "0 1 2", "82.00", "2.00")
+    assert random_09["paper"] == "71.56 ± 0.03" and random_09["ours - paper"] == "+10.44"
+    assert random_09["achieved sparsity"] == "0.9000"
+    assert random_09["train_flops_fraction"] == "0.400" and random_09["inference_flops_fraction"] == "0.100"
+    ham = next(r for r in detail if r["method"] == "Random+HAM")
+    assert ham["not completed"] == "seed 2: failed" and ham["train_flops_fraction"] == ""
+    with open(out / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert len(runs) == 15
+    assert sorted(r["status"] for r in runs).count("completed") == 12
+    markdown = (out / "tables.md").read_text()
+    assert "| DtS | AC/DC+HAM |" in markdown and "76.66 ± 0.12" in markdown
+    assert "| baseline |" in markdown and "76.72 ± 0.19" in markdown
+
+
+def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):
+    """An alpha sweep: same method, different ham.alpha -> separate rows labelled with the alpha."""
+    source = sweep[0] / "3_random_ham"
+    alpha_dir = tmp_path / "alpha"
+    for index, (alpha, acc) in enumerate([(5.0, 84.0), (20.0, 85.0), (5.0, 86.0)]):
+        seed = index // 2
+        make_variant(source, alpha_dir / f"{index}", RANDOM_HAM + ["sparsifier.sparsity=0.9", f"ham.alpha={alpha}"],
+                     seed, acc)
+    [table] = make_tables.build_tables(make_tables.collect_runs([alpha_dir]))
+    assert sorted(table.rows) == ["Random+HAM [ham.alpha=20]", "Random+HAM [ham.alpha=5]"]
+    assert make_tables.format_cell(table.cells[("Random+HAM [ham.alpha=5]", 0.9)], "final_test_acc") == \
+        "85.00 ± 1.41 (2)"
+
+
+def test_a_sweep_given_twice_counts_each_seed_once(sweep):
+    runs = make_tables.collect_runs([sweep[0], sweep[0] / "0_random"])  # the same run dir reached twice
+    assert len(runs) == 8
+    copy_dir = sweep[0].parent / "again"
+    shutil.copytree(sweep[0] / "0_random", copy_dir / "0_random")
+    summary = json.loads((copy_dir / "0_random" / "summary.json").read_text())
+    (copy_dir / "0_random" / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 81.0}))
+    groups = make_tables.group_runs(make_tables.collect_runs([sweep[0], copy_dir]))
+    random_09 = next(g for g in groups if g.first.method == "Random" and g.first.sparsity == 0.9)
+    assert len(random_09.used) == 3 and len(random_09.duplicates) == 1
+    assert random_09.values("final_test_acc") == [81.0, 82.0, 84.0]  # the newer copy of seed 0
+    shutil.rmtree(copy_dir)
+
+
+def test_paper_numbers_match_the_design_doc():
+    """scripts/paper_numbers.yaml transcribes shared/design/paper_numbers.md (checked where it is available)."""
+    doc = REPO.parent / "shared" / "design" / "paper_numbers.md"
+    if not doc.exists():
+        pytest.skip("paper_numbers.md is not next to this checkout")
+    import yaml
+
+    data = yaml.safe_load((REPO / "scripts" / "paper_numbers.yaml").read_text())
+    text = doc.read_text()
+    for name, table in data.items():
+        for label, values in table["rows"].items():
+            for column, (mean, std) in values.items():
+                cell = f"{mean:.2f}" + (f"±{std:.2f}" if std is not None else "")
+                assert cell in text, (name, label, column, cell)
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no run dirs" in result.stderr

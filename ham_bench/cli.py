@@ -78,12 +78,25 @@ def app(cfg: DictConfig) -> float | None:
     return summary.get("final_test_acc")
 
 
+def _hydra_string(value: str) -> str:
+    """``value`` as a quoted Hydra override value: a sweep job's dir name holds '=' and ','."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value  # quoted by the user already
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _resume_overrides(argv: list[str]) -> list[str]:
-    """``resume=DIR`` continues in DIR itself, and Hydra must not rewrite DIR/.hydra."""
-    for arg in argv:
+    """``resume=DIR`` continues in DIR itself, and Hydra must not rewrite DIR/.hydra.
+
+    Returns ``argv`` with DIR quoted and the overrides that make DIR the run's dir, also
+    with ``-m`` (how a run is resumed through a launcher, e.g. hydra/launcher=slurm_ddp).
+    """
+    for index, arg in enumerate(argv):
         if arg.startswith("resume=") and arg.split("=", 1)[1] not in ("", "null"):
-            return [f"hydra.run.dir={arg.split('=', 1)[1]}", "hydra.output_subdir=null"]
-    return []
+            run_dir = _hydra_string(arg.split("=", 1)[1])
+            return [*argv[:index], f"resume={run_dir}", *argv[index + 1:], f"hydra.run.dir={run_dir}",
+                    f"hydra.sweep.dir={run_dir}", "hydra.sweep.subdir=.", "hydra.output_subdir=null"]
+    return argv
 
 
 def main() -> None:
@@ -91,7 +104,7 @@ def main() -> None:
         from ham_bench.export import main as export_main
 
         sys.exit(export_main(sys.argv[2:]))
-    sys.argv += _resume_overrides(sys.argv[1:])
+    sys.argv[1:] = _resume_overrides(sys.argv[1:])
     if os.environ.get("RANK", "0") != "0":  # a torchrun rank other than 0: Hydra writes nothing for it
         from ham_bench.distributed import hydra_overrides_for_rank
 

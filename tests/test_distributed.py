@@ -276,3 +276,31 @@ def test_ranks_above_0_keep_hydra_out_of_their_dir(monkeypatch):
     assert distributed.hydra_overrides_for_rank(["hydra.output_subdir=null"]) == ["hydra/job_logging=stdout"]
     monkeypatch.setenv("RANK", "0")
     assert distributed.hydra_overrides_for_rank(["epochs=1"]) == []
+
+
+def test_gpu_throughput_bench_path_runs_on_cpu_at_tiny_size(tmp_path):
+    """scripts/bench_ddp.py --throughput is meant for a GPU; its code path is checked here at 32 x 32."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ddp", REPO / "scripts" / "bench_ddp.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu.md"
+    assert bench.main(["--throughput", "--device", "cpu", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+                       "--warmup", "0", "--ham-implementation", "foreach", "--out", str(out)]) == 0
+    table = [line for line in out.read_text().splitlines() if line.startswith("| SGD")]
+    assert [line.split(" | ")[0] for line in table] == ["| SGD", "| SGD + HAM", "| SGD + HAM + 90 % mask"]
+
+
+def test_resume_of_a_sweep_job_dir_parses_and_stays_in_that_dir():
+    """SLURM runs land in sweep job dirs such as ``0_seed=0,sparsifier=rigl``; resume=<that> (also with -m)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ham_bench.cli import _resume_overrides
+
+    job_dir = "multirun/2026-11-27/12-00-00/0_seed=0,sparsifier=rigl"
+    argv = _resume_overrides(["hydra/launcher=slurm_ddp", f"resume={job_dir}"])
+    parsed = {o.key_or_group: o.value() for o in map(OverridesParser.create().parse_override, argv)}
+    assert parsed["resume"] == parsed["hydra.run.dir"] == parsed["hydra.sweep.dir"] == job_dir
+    assert parsed["hydra.sweep.subdir"] == "." and parsed["hydra.output_subdir"] is None
+    assert _resume_overrides(["epochs=1"]) == ["epochs=1"]

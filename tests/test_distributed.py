@@ -304,3 +304,17 @@ def test_resume_of_a_sweep_job_dir_parses_and_stays_in_that_dir():
     assert parsed["resume"] == parsed["hydra.run.dir"] == parsed["hydra.sweep.dir"] == job_dir
     assert parsed["hydra.sweep.subdir"] == "." and parsed["hydra.output_subdir"] is None
     assert _resume_overrides(["epochs=1"]) == ["epochs=1"]
+
+
+def test_slurm_ddp_launcher_runs_one_task_per_gpu():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm_ddp", "hydra.launcher.nodes=4", "hydra.launcher.partition=gpu",
+                                 "hydra.launcher.timeout_min=600"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (4, 8, 8)
+    assert (launcher["partition"], launcher["timeout_min"]) == ("gpu", 600)

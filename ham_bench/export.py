@@ -53,11 +53,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ham_bench import atomic_io
 from ham_bench.mask_dump import decode_header, encode_header, pack_bits, unpack_bits, write_npz
 from sparsifiers.base import prunable_layers
+from sparsifiers.reparameterization import plain_state_dict as merged_state_dict
 
 FORMAT = "ham-bench-sparse-model/1"
 EXPORT_NAME = "model_sparse.npz"
@@ -73,16 +73,7 @@ Builder = Callable[[DictConfig, Mapping[str, int]], nn.Module]
 @torch.no_grad()
 def plain_state_dict(model: nn.Module, sparsifier=None) -> dict[str, torch.Tensor]:
     """The state dict of the plain architecture: parametrized tensors merged, effective weights in place."""
-    state = dict(model.state_dict())
-    for name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        prefix = f"{name}." if name else ""
-        for tensor_name in list(module.parametrizations.keys()):
-            drop = f"{prefix}parametrizations.{tensor_name}."
-            for key in [k for k in state if k.startswith(drop)]:
-                del state[key]
-            state[f"{prefix}{tensor_name}"] = getattr(module, tensor_name)
+    state = merged_state_dict(model)
     if sparsifier is not None:
         state.update(sparsifier.effective_weights())
     return {key: value.detach().to("cpu").contiguous() for key, value in state.items()}

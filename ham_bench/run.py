@@ -127,7 +127,9 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
         "epochs_planned": cfg.epochs,
         "seconds": seconds,
         "eval_split": last.get("eval_split"),
-        "method": {"sparsifier": cfg.sparsifier.get("name", cfg.sparsifier.get("_target_")),
+        # the instance's name: compositions read e.g. "rigl+signin"
+        "method": {"sparsifier": (trainer.sparsifier.name if trainer is not None
+                                  else cfg.sparsifier.get("name", cfg.sparsifier.get("_target_"))),
                    "optimizer": cfg.optimizer.name,
                    "ham": cfg.ham.variant if cfg.ham.enabled else "off",
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},

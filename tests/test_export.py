@@ -14,6 +14,7 @@ from torch import nn
 
 from ham_bench import atomic_io
 from ham_bench.export import export_model, export_run, load_export, main, read_export
+from hook_loop import random_batches, sgd_for, train_in_hook_order
 from sparsifiers import build_sparsifier
 from sparsifiers.base import TrainingContext
 
@@ -40,27 +41,10 @@ def build(cfg, args):
 
 
 def train(model, sparsifier, epochs=2, steps=3, seed=1):
-    overrides = sparsifier.parameter_group_overrides()
-    special = {id(p) for group in overrides for p in group["params"]}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
-    groups += [{k: v for k, v in group.items() if k != "ham"} for group in overrides]
-    optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    sparsifier.bind_optimizer(optimizer)
-    generator = torch.Generator().manual_seed(seed)
-    data = [(torch.randn(32, 1, 28, 28, generator=generator), torch.randint(0, 10, (32,), generator=generator))
-            for _ in range(steps)]
+    optimizer = sgd_for(model, sparsifier)
     model.train()
-    for epoch in range(epochs):
-        sparsifier.on_epoch_start(epoch)
-        for index, (x, y) in enumerate(data):
-            step = epoch * steps + index
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            sparsifier.mask_gradients()
-            if sparsifier.before_step(step):
-                optimizer.step()
-            sparsifier.after_step(step)
-        sparsifier.on_epoch_end(epoch, {"train_acc": 10.0 + epoch})
+    train_in_hook_order(model, sparsifier, optimizer, random_batches(steps, 32, (1, 28, 28), 10, seed), epochs,
+                        train_acc=lambda epoch: 10.0 + epoch)
     return model.eval()
 
 

@@ -7,6 +7,7 @@ from torch import nn
 from ham_bench.flops import (HAM_FLOPS_PER_WEIGHT, TrainingFlopsMeter, flops_report, ham_covered_weights,
                              inference_flops, layer_positions, rigl_average_step_flops, step_counts,
                              training_step_flops)
+from hook_loop import random_batches, sgd_for, train_in_hook_order
 from sparsifiers import build_sparsifier
 from sparsifiers.base import Sparsifier, TrainingContext
 
@@ -28,38 +29,13 @@ def attached(cfg, model, epochs=2, steps_per_epoch=5):
 
 
 def sgd(model, sparsifier):
-    overrides = sparsifier.parameter_group_overrides()
-    special = {id(p) for group in overrides for p in group["params"]}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
-    groups += [{k: v for k, v in group.items() if k != "ham"} for group in overrides]
-    optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    sparsifier.bind_optimizer(optimizer)
-    return optimizer
+    return sgd_for(model, sparsifier)
 
 
 def run(model, sparsifier, optimizer, epochs, steps_per_epoch, shape=INPUT, classes=4, batch=8,
         before=None, after=None, epoch_end=None):
-    """The trainer's hook order (sparsifiers.base); callbacks see the step before its forward and after after_step."""
-    generator = torch.Generator().manual_seed(1)
-    data = [(torch.randn(batch, *shape, generator=generator), torch.randint(0, classes, (batch,), generator=generator))
-            for _ in range(steps_per_epoch)]
-    for epoch in range(epochs):
-        sparsifier.on_epoch_start(epoch)
-        for index, (x, y) in enumerate(data):
-            step = epoch * steps_per_epoch + index
-            if before:
-                before(step)
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            sparsifier.mask_gradients()
-            if sparsifier.before_step(step):
-                optimizer.step()
-            sparsifier.after_step(step)
-            if after:
-                after(step)
-        sparsifier.on_epoch_end(epoch, {"train_acc": 50.0 + epoch})
-        if epoch_end:
-            epoch_end(epoch)
+    data = random_batches(steps_per_epoch, batch, shape, classes)
+    train_in_hook_order(model, sparsifier, optimizer, data, epochs, before, after, epoch_end)
 
 
 def test_positions_and_inference_flops_counted_by_hand():

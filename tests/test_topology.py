@@ -10,6 +10,7 @@ from ham_bench.flops import TrainingFlopsMeter, flops_report
 from ham_bench.mask_dump import load_masks, save_masks
 from ham_bench.sign_flips import SignFlipCounter
 from ham_bench.topology import TopologyTracker, dump_masks, mask_state
+from hook_loop import random_batches, sgd_for, train_in_hook_order
 from sparsifiers import build_sparsifier
 from sparsifiers.base import MaskedSparsifier, TrainingContext
 
@@ -147,37 +148,24 @@ def test_every_sparsifier_produces_every_metric(method):
     model = small_cnn()
     sparsifier = build_sparsifier(cfg)
     sparsifier.attach(model, TrainingContext(epochs=epochs, steps_per_epoch=steps, seed=0))
-    overrides = sparsifier.parameter_group_overrides()
-    special = {id(p) for group in overrides for p in group["params"]}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
-    groups += [{k: v for k, v in group.items() if k != "ham"} for group in overrides]
-    optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
-    sparsifier.bind_optimizer(optimizer)
+    optimizer = sgd_for(model, sparsifier)
     counter = SignFlipCounter(sparsifier.effective_weights())
     tracker = TopologyTracker(sparsifier, counter)
     meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), {"name": "sgd"}, {"enabled": True}, batch_size=16)
-    generator = torch.Generator().manual_seed(1)
-    data = [(torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
-            for _ in range(steps)]
     rows = []
-    for epoch in range(epochs):
-        sparsifier.on_epoch_start(epoch)
-        for index, (x, y) in enumerate(data):
-            step = epoch * steps + index
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            sparsifier.mask_gradients()
-            if sparsifier.before_step(step):
-                optimizer.step()
-            sparsifier.after_step(step)
-            weights = sparsifier.effective_weights()
-            counter.update(weights)
-            tracker.update_after_step()
-            meter.update_after_step(step)
-        sparsifier.on_epoch_end(epoch, {"train_acc": 10.0 + epoch})
+
+    def after(step):
+        counter.update(sparsifier.effective_weights())
+        tracker.update_after_step()
+        meter.update_after_step(step)
+
+    def epoch_end(epoch):
         weights = sparsifier.effective_weights()
         row = {**counter.epoch_report(weights), **tracker.epoch_report(weights), **meter.epoch_report()}
         rows.append(json.loads(json.dumps(row)))  # JSON-serialisable, as metrics.jsonl needs
+
+    train_in_hook_order(model, sparsifier, optimizer, random_batches(steps, 16, (1, 8, 8), 10), epochs,
+                        after=after, epoch_end=epoch_end, train_acc=lambda epoch: 10.0 + epoch)
     assert ROW_KEYS <= set(rows[-1])
     last = rows[-1]
     masked = {f"{n}.weight" for n in sparsifier.masked_layer_names()}

@@ -32,9 +32,9 @@ from ham_bench.loggers import MetricsLogger
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
 from ham_bench.schedule import build_scheduler
-from ham_bench.trainer import NonFiniteLossError, Trainer, TrainerSettings, layer_sparsity
+from ham_bench.trainer import NonFiniteLossError, Trainer, TrainerSettings
 from sparsifiers import build_sparsifier
-from sparsifiers.base import TrainingContext
+from sparsifiers.base import TrainingContext, sparsity_report
 
 log = logging.getLogger("ham_bench")
 
@@ -108,7 +108,7 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
     last = rows[-1] if rows else {}
     sparsity, flops = None, {}
     if trainer is not None:
-        sparsity, _ = layer_sparsity(trainer.sparsifier.effective_weights())
+        sparsity = sparsity_report(trainer.sparsifier)["achieved_sparsity_all_layers"]
         meter = trainer.flops_meter
         flops = flops_report(trainer.model, trainer.sparsifier, trainer.settings.input_shape, cfg.optimizer, cfg.ham,
                              steps=meter.ordinary_steps + meter.update_steps,

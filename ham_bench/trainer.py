@@ -67,14 +67,6 @@ class TrainerSettings:
     extra_row: dict = field(default_factory=dict)
 
 
-def layer_sparsity(weights: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
-    """Global and per-layer fraction of exact zeros over the given weights."""
-    zeros = {name: int((w == 0).sum()) for name, w in weights.items()}
-    total = sum(w.numel() for w in weights.values())
-    per_layer = {name: zeros[name] / w.numel() for name, w in weights.items()}
-    return (sum(zeros.values()) / total if total else 0.0), per_layer
-
-
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, eval_loader, optimizer, scheduler, sparsifier,
                  metrics_logger, run_dir: Path, settings: TrainerSettings, device: torch.device,
@@ -238,10 +230,10 @@ class Trainer:
             self.sparsifier.on_epoch_end(epoch, train)
             evaluation = self.evaluate()
             weights = self.sparsifier.effective_weights()
-            sparsity, per_layer = layer_sparsity(weights)
             report = sparsity_report(self.sparsifier)
+            sparsity = report["achieved_sparsity_all_layers"]
             row = {"epoch": epoch + 1, "lr": lr, **train, **evaluation, "sparsity": sparsity,
-                   "sparsity_per_layer": per_layer,
+                   "sparsity_per_layer": {r["name"]: 1 - r["nonzeros"] / r["params"] for r in report["layers"]},
                    "sparsity_masked_layers": report["achieved_sparsity"],
                    "target_sparsity_masked_layers": report["target_sparsity"],
                    "dense_layers": [r["name"] for r in report["layers"] if not r["masked"]],

@@ -20,7 +20,7 @@ Writes two PNG files into ``--out``:
   figures use one training setting: the optimizer and run length most of the
   sparse runs have (a dense sweep's SAM and 2x-length runs are left out).
 
-Runs are found and labelled as in ``make_tables.py``; only completed runs are
+Runs are found and labelled by ``ham_bench.sweep_runs``, as in ``make_tables.py``; only completed runs are
 plotted, and the runs left out are named on stderr.
 """
 
@@ -38,8 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_tables import METHOD_LABELS, Run, collect_runs, group_runs, mean_std  # noqa: E402
+from ham_bench.sweep_runs import METHOD_LABELS, Run, collect_runs, group_runs, mean_std  # noqa: E402
 
 VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
     (False, False): ("", "tab:blue", "-"),

@@ -21,6 +21,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from ham_bench import sweep_runs
 from ham_bench.cli import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,19 +137,19 @@ def by_label(table, label, column):
 
 
 def test_groups_means_and_stds(sweep):
-    runs = make_tables.collect_runs(list(sweep))
+    runs = sweep_runs.collect_runs(list(sweep))
     assert len(runs) == 15
     tables = {t.name: t for t in make_tables.build_tables(runs)}
     sparse, dense = tables["sparse"], tables["dense"]
 
     random_09 = by_label(sparse, "Random", 0.9)
     assert [r.seed for r in random_09.used] == [0, 1, 2]
-    assert make_tables.mean_std(random_09.values("final_test_acc")) == pytest.approx((82.0, 2.0))
+    assert sweep_runs.mean_std(random_09.values("final_test_acc")) == pytest.approx((82.0, 2.0))
     assert make_tables.format_cell(random_09, "final_test_acc") == "82.00 ± 2.00 (3)"
 
     ham = by_label(sparse, "Random+HAM", 0.9)
     assert len(ham.runs) == 3 and [r.seed for r in ham.used] == [0, 1]
-    assert make_tables.mean_std(ham.values("final_test_acc")) == pytest.approx((85.5, statistics.stdev([85, 86])))
+    assert sweep_runs.mean_std(ham.values("final_test_acc")) == pytest.approx((85.5, statistics.stdev([85, 86])))
     assert ham.flagged
     assert make_tables.format_cell(ham, "final_test_acc") == "85.50 ± 0.71 (2)†"
 
@@ -220,20 +221,20 @@ def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):
         seed = index // 2
         make_variant(source, alpha_dir / f"{index}", RANDOM_HAM + ["sparsifier.sparsity=0.9", f"ham.alpha={alpha}"],
                      seed, acc)
-    [table] = make_tables.build_tables(make_tables.collect_runs([alpha_dir]))
+    [table] = make_tables.build_tables(sweep_runs.collect_runs([alpha_dir]))
     assert sorted(table.rows) == ["Random+HAM [ham.alpha=20]", "Random+HAM [ham.alpha=5]"]
     assert make_tables.format_cell(table.cells[("Random+HAM [ham.alpha=5]", 0.9)], "final_test_acc") == \
         "85.00 ± 1.41 (2)"
 
 
 def test_a_sweep_given_twice_counts_each_seed_once(sweep):
-    runs = make_tables.collect_runs([sweep[0], sweep[0] / "0_random"])  # the same run dir reached twice
+    runs = sweep_runs.collect_runs([sweep[0], sweep[0] / "0_random"])  # the same run dir reached twice
     assert len(runs) == 8
     copy_dir = sweep[0].parent / "again"
     shutil.copytree(sweep[0] / "0_random", copy_dir / "0_random")
     summary = json.loads((copy_dir / "0_random" / "summary.json").read_text())
     (copy_dir / "0_random" / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 81.0}))
-    groups = make_tables.group_runs(make_tables.collect_runs([sweep[0], copy_dir]))
+    groups = sweep_runs.group_runs(sweep_runs.collect_runs([sweep[0], copy_dir]))
     random_09 = next(g for g in groups if g.first.method == "Random" and g.first.sparsity == 0.9)
     assert len(random_09.used) == 3 and len(random_09.duplicates) == 1
     assert random_09.values("final_test_acc") == [81.0, 82.0, 84.0]  # the newer copy of seed 0

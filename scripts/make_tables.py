@@ -40,6 +40,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,13 @@ def _row_order(label: str, family: str, base: str, signin: bool, ham: str) -> tu
     family_index = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
     base_index = BASE_ORDER.index(base) if base in BASE_ORDER else len(BASE_ORDER)
     ham_on = ham != "off"
-    return family_index, base_index, base, (signin and ham_on, ham_on, signin), ham, label
+    return family_index, base_index, base, (signin and ham_on, ham_on, signin), ham, _natural(label)
+
+
+def _natural(label: str) -> tuple:
+    """Numbers in a label compare as numbers: ``alpha=5`` before ``alpha=20``."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", label)
+    return tuple((0, float(part), "") if index % 2 else (1, 0.0, part) for index, part in enumerate(parts))
 
 
 def _parse_label(label: str) -> tuple[str, str, bool, str]:

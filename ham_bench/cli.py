@@ -75,6 +75,7 @@ def app(cfg: DictConfig) -> float | None:
         if "must be" not in str(exc) and "unknown" not in str(exc).lower():
             raise
         _fail(str(exc).splitlines()[0], run_dir)
+    distributed.finish()
     return summary.get("final_test_acc")
 
 

@@ -122,7 +122,7 @@ def run_scenarios(rank: int, world: int, port: int, batch_size: int, scenarios: 
             cfg.stop_after_epochs, cfg.resume = None, str(out / "rigl_part")
             results["rigl_resumed"] = {"status": run.run_experiment(cfg, out / f"rigl_part{own}")["status"]}
     torch.save(results, out / f"rank{rank}.pt")
-    distributed.cleanup()
+    distributed.finish()  # leave together, as the CLI does
 
 
 def launch(world: int, batch_size: int, scenarios: dict, out: Path) -> list[dict]:

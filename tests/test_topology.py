@@ -223,19 +223,10 @@ def test_per_step_hooks_do_not_sync_with_the_host(monkeypatch, method):
     sparsifier.attach(model, TrainingContext(epochs=4, steps_per_epoch=4, seed=0))
     tracker = TopologyTracker(sparsifier)
     meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), batch_size=16)
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     sparsifier.bind_optimizer(optimizer)
-    for step in range(12):
-        if step % 4 == 0:
-            sparsifier.on_epoch_start(step // 4)
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        sparsifier.mask_gradients()
-        if sparsifier.before_step(step):
-            optimizer.step()
-        sparsifier.after_step(step)
+
+    def check_hooks(step):
         with monkeypatch.context() as patch:
             no_host_sync(patch)
             with pytest.raises(HostSync):
@@ -243,5 +234,8 @@ def test_per_step_hooks_do_not_sync_with_the_host(monkeypatch, method):
             masks = sparsifier.masks()
             tracker.update_after_step(masks)
             meter.update_after_step(step, masks)
+
+    train_in_hook_order(model, sparsifier, optimizer, random_batches(1, 16, (1, 8, 8), 10) * 4, epochs=3,
+                        after=check_hooks)
     report = tracker.epoch_report()
     assert report["mask_churn"] > 0  # masks did change inside the checked calls

@@ -230,7 +230,7 @@ class Trainer:
             self.sparsifier.on_epoch_end(epoch, train)
             evaluation = self.evaluate()
             weights = self.sparsifier.effective_weights()
-            report = sparsity_report(self.sparsifier)
+            report = sparsity_report(self.sparsifier, weights)
             sparsity = report["achieved_sparsity_all_layers"]
             row = {"epoch": epoch + 1, "lr": lr, **train, **evaluation, "sparsity": sparsity,
                    "sparsity_per_layer": {r["name"]: 1 - r["nonzeros"] / r["params"] for r in report["layers"]},

@@ -338,13 +338,14 @@ class MaskedSparsifier(Sparsifier):
         self.apply_masks()
 
 
-def sparsity_report(sparsifier: Sparsifier) -> dict[str, Any]:
+def sparsity_report(sparsifier: Sparsifier, weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Per-layer and global target/achieved sparsity of an attached sparsifier (reads weights: a host sync).
 
     ``layers``: rows ``{name, shape, params, masked, target_density, target_nonzeros, nonzeros}``.
-    Global values are given over the masked layers and over all selected layers.
+    Global values are given over the masked layers and over all selected layers. ``weights``: the
+    sparsifier's ``effective_weights()`` when the caller has them already.
     """
-    weights = sparsifier.effective_weights()
+    weights = sparsifier.effective_weights() if weights is None else weights
     targets = sparsifier.target_densities()
     masked = {f"{name}.weight" for name in sparsifier.masked_layer_names()}
     rows = []

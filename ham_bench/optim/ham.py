@@ -71,11 +71,11 @@ class HAM(CompiledSteps, WrappedOptimizer):
       runs for every other parameter (biases, norms). For any other base (SAM,
       RMSprop, ...) the base steps first, then one compiled HAM pass per tensor.
       Tensors the kernels cannot take (not float32, odd layouts, lr given as a
-      device tensor) use the foreach path. Measured on ResNet-50 shapes (CPU,
-      results/bench_optim.md): SGD+HAM ~1.1x an SGD step, AdamW+HAM ~0.9x an
+      device tensor) use the foreach path. Measured on ResNet-50 shapes (CPU time,
+      results/bench_optim.md): SGD+HAM 0.94x an SGD step, AdamW+HAM 0.84x an
       AdamW step. CUDA uses the same code (Triton) but was not exercised here.
     * ``"foreach"``: base ``step()``, then HAM as ``torch._foreach_*`` passes.
-      Exact, no compiler needed, several passes over memory (~2-3x a base
+      Exact, no compiler needed, several passes over memory (1.75-2.6x a base
       step). HYP stores int8 signs (1 byte per covered weight) for the duration
       of the step.
     * ``"auto"`` (default): ``"compiled"``; falls back to ``"foreach"`` with a
@@ -91,7 +91,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
     HAM always sees unscaled gradients.
 
     Diagnostics (opt-in, ``diagnostics=True``; off by default because the
-    in-kernel reductions add ~30% to a fused step on CPU): during steps HAM
+    in-kernel reductions add 15-20% to a fused step on CPU): during steps HAM
     accumulates, as device tensors and without host syncs, the sum and max of
     |exponent| and the number of covered weights whose exponent reached the
     clamp. :meth:`diagnostics` returns ``ham_mean_abs_exponent``,

@@ -29,6 +29,17 @@ METHOD_LABELS = {"dense": "baseline", "random": "Random", "acdc": "AC/DC", "rigl
                  "pilot": "PILoT", "spred": "spred"}
 FAMILIES = {"random": "PaI", "acdc": "DtS", "rigl": "DST", "spred": "Cont.", "pilot": "Cont.", "str": "Cont."}
 OPTIMIZER_LABELS = {"sam": "SAM", "adamw": "AdamW", "sgd": "SGD"}
+BASE_ORDER = ["dense", "random", "acdc", "rigl", "spred", "pilot", "str"]  # the paper's table order
+
+
+def base_order(base: str) -> tuple:
+    """Sort key of a base method in the paper's order; unknown (plugin) methods last, by name."""
+    return (BASE_ORDER.index(base) if base in BASE_ORDER else len(BASE_ORDER), base)
+
+
+def variant_order(signin: bool, ham_on: bool) -> tuple:
+    """Sort key of a method's variants in the paper's order: alone, +Sign-In, +HAM, then +Sign-In+HAM."""
+    return signin and ham_on, ham_on, signin
 
 # config keys that never change a result: left out of grouping and of row labels
 IGNORED_KEYS = ("seed", "sparsifier.seed", "sparsifier.inner.seed", "resume", "stop_after_epochs", "progress",

@@ -49,13 +49,12 @@ from typing import Any
 import yaml
 
 from ham_bench.atomic_io import write_text
-from ham_bench.sweep_runs import (FAMILIES, METHOD_LABELS, Group, Run, collect_runs, group_runs,
-                                  mean_std)
+from ham_bench.sweep_runs import (FAMILIES, METHOD_LABELS, Group, Run, base_order, collect_runs, group_runs,
+                                  mean_std, variant_order)
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 
 FAMILY_ORDER = ["Dense", "PaI", "DtS", "DST", "Cont.", "other"]
-BASE_ORDER = ["dense", "random", "acdc", "rigl", "spred", "pilot", "str"]
 FLOPS_PREFERRED = ("train_flops_fraction", "train_flops_fraction_of_dense", "inference_flops_fraction",
                    "inference_flops_fraction_of_dense")
 DAGGER = "†"
@@ -111,9 +110,7 @@ class Table:
 def _row_order(label: str, family: str, base: str, signin: bool, ham: str) -> tuple:
     """Paper order: family, then base method, then base / +Sign-In / +HAM."""
     family_index = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-    base_index = BASE_ORDER.index(base) if base in BASE_ORDER else len(BASE_ORDER)
-    ham_on = ham != "off"
-    return family_index, base_index, base, (signin and ham_on, ham_on, signin), ham, _natural(label)
+    return family_index, base_order(base), variant_order(signin, ham != "off"), ham, _natural(label)
 
 
 def _natural(label: str) -> tuple:

@@ -27,7 +27,6 @@ plotted, and the runs left out are named on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -38,7 +37,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ham_bench.sweep_runs import METHOD_LABELS, Run, collect_runs, group_runs, mean_std  # noqa: E402
+from ham_bench.atomic_io import read_jsonl  # noqa: E402
+from ham_bench.sweep_runs import (METHOD_LABELS, Run, base_order, collect_runs, group_runs, mean_std,  # noqa: E402
+                                  variant_order)
 
 VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
     (False, False): ("", "tab:blue", "-"),
@@ -46,21 +47,7 @@ VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
     (False, True): ("+HAM", "tab:green", "-"),
     (True, True): ("+Sign-In+HAM", "tab:red", ":"),
 }
-BASE_ORDER = ["dense", "random", "acdc", "rigl", "str", "pilot"]
 PANEL_WIDTH, MIN_WIDTH = 4.2, 6.5  # inches
-
-
-def _variant_order(variant: tuple[bool, bool]) -> tuple:
-    """The paper's row order: alone, +Sign-In, +HAM, then +Sign-In+HAM."""
-    signin, ham = variant
-    return signin and ham, ham, signin
-
-
-def read_metrics(run: Run) -> list[dict]:
-    path = run.path / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _base_label(base: str) -> str:
@@ -69,7 +56,7 @@ def _base_label(base: str) -> str:
 
 def _bases(runs: list[Run]) -> list[str]:
     present = {run.base for run in runs}
-    return sorted(present, key=lambda b: (BASE_ORDER.index(b) if b in BASE_ORDER else len(BASE_ORDER), b))
+    return sorted(present, key=base_order)
 
 
 def _one_setting(runs: list[Run]) -> list[Run]:
@@ -111,8 +98,8 @@ def plot_sign_flips(runs: list[Run], out: Path, sparsity: float, log_scale: bool
         series: dict[tuple, list[list[dict]]] = defaultdict(list)
         for run in chosen:
             if run.base == base:
-                series[(run.signin, run.ham != "off")].append(read_metrics(run))
-        for variant, rows_per_seed in sorted(series.items(), key=lambda item: _variant_order(item[0])):
+                series[(run.signin, run.ham != "off")].append(read_jsonl(run.path / "metrics.jsonl"))
+        for variant, rows_per_seed in sorted(series.items(), key=lambda item: variant_order(*item[0])):
             suffix, colour, style = VARIANT_STYLES[variant]
             name = ("baseline" if not variant[1] else "HAM") if base == "dense" else _base_label(base) + suffix
             for row_index, key in enumerate(("sign_flips", "sign_differs_from_init")):
@@ -162,7 +149,7 @@ def plot_accuracy_vs_sparsity(runs: list[Run], out: Path, metric: str = "final_t
             mean, std = mean_std(group.values(metric))
             if mean is not None:
                 lines[(run.signin, run.ham != "off")].append((run.sparsity, mean, std or 0.0))
-        for variant, points in sorted(lines.items(), key=lambda item: _variant_order(item[0])):
+        for variant, points in sorted(lines.items(), key=lambda item: variant_order(*item[0])):
             points.sort()
             suffix, colour, style = VARIANT_STYLES[variant]
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt=style,

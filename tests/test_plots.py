@@ -11,6 +11,7 @@ import sys
 import matplotlib.image
 import pytest
 
+from ham_bench.atomic_io import read_jsonl
 from test_make_tables import RANDOM, RANDOM_HAM, REPO, SIGNIN, load_script, make_variant, real_run_dir
 
 plots = load_script("plot_sign_flips")
@@ -42,7 +43,7 @@ def test_sign_flip_series_are_the_metrics_rows(sweep):
     real = [json.loads(line) for line in (source / "metrics.jsonl").read_text().splitlines()]
     runs = [r for r in plots.collect_runs([root]) if r.status == "completed" and r.sparsity == 0.9 and r.ham != "off"]
     assert len(runs) == 2
-    epochs, mean, low, high = plots._per_epoch([plots.read_metrics(r) for r in runs], "sign_flips")
+    epochs, mean, low, high = plots._per_epoch([read_jsonl(r.path / "metrics.jsonl") for r in runs], "sign_flips")
     assert epochs == [1, 2]
     for index, row in enumerate(real):  # seeds scaled by 3 and 6: mean 4.5x, band 3x..6x
         assert mean[index] == pytest.approx((int(row["sign_flips"] * 3) + int(row["sign_flips"] * 6)) / 2)

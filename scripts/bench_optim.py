@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         "  for either variant. While a step runs, HYP on the foreach path holds int8 signs",
         f"  ({covered / 1e6:.1f} MB here) and the foreach path one float exponent per covered weight",
         f"  ({4 * covered / 1e6:.0f} MB); the compiled kernels need neither.",
-        f"- Check before timing: after 2 steps from identical tensors, compiled and foreach agree to a max",
+        "- Check before timing: after 2 steps from identical tensors, compiled and foreach agree to a max",
         f"  relative difference of {agreement['sgd']:.1e} (SGD) and {agreement['adamw']:.1e} (AdamW)",
         "  (float32 rounding of the fused base update).",
         f"- Compilation: the first compiled step took {compile_seconds['sgd']:.1f} s (SGD) and "

@@ -7,7 +7,8 @@ See ``sparsifiers.base`` for the hooks the trainer calls and
 ``sparsifiers.registry`` for how third-party methods plug in.
 """
 
-from sparsifiers.base import MaskedSparsifier, Sparsifier, TrainingContext, prunable_layers, zero_optimizer_state
+from sparsifiers.base import MaskedSparsifier, Sparsifier, TrainingContext, prunable_layers
+from sparsifiers.optimizer_state import reset_entries, reset_state
 from sparsifiers.registry import available_sparsifiers, build_sparsifier, register_sparsifier, sparsifier_class
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "prunable_layers",
     "register_sparsifier",
     "sparsifier_class",
-    "zero_optimizer_state",
+    "reset_entries",
+    "reset_state",
 ]

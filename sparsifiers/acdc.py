@@ -18,8 +18,10 @@ Compression: magnitude top-k straight to the target over the masked layers
 (``distribution=global``, AC/DC's choice; ``uniform``/``erk`` prune each layer
 to its own density instead); the mask is enforced on gradients after every
 backward and on weights after every step. Decompression: the mask becomes all
-ones (pruned weights restart at 0) and the per-element state of EVERY
-parameter in the optimizer is reset. Choice where the paper is silent: at
+ones (pruned weights restart at 0) and the state of EVERY parameter in the
+optimizer is reset as if it were freshly created (``optimizer_state.reset_state``:
+momentum buffers and Adam's moments AND its step counter, so AdamW's first
+updates after a decompression are a fresh Adam's, not 3-8x larger). Choice where the paper is silent: at
 compression, the optimizer state of the newly pruned entries is zeroed too
 (keeps masked entries at zero state; results-neutral for per-element
 optimizers). Phases switch at step boundaries, after ``after_step``, so the
@@ -33,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext, config_number, reset_optimizer_state
+from sparsifiers.base import MaskedSparsifier, TrainingContext, config_number
 from sparsifiers.distributions import active_counts
+from sparsifiers.optimizer_state import reset_state
 from sparsifiers.registry import register_sparsifier
 
 DENSE, COMPRESSED, DECOMPRESSED = "dense", "compressed", "decompressed"
@@ -182,9 +185,9 @@ class ACDCSparsifier(MaskedSparsifier):
             self.mask_gradients()
             for key, mask in self.mask_by_name.items():
                 self.zero_state(key, keep=mask)
-        elif self.phase == COMPRESSED:  # decompression: all-ones mask, every momentum buffer reset
+        elif self.phase == COMPRESSED:  # decompression: all-ones mask, the optimizer as if freshly created
             self.masking_enabled = False
-            reset_optimizer_state(self.optimizer)
+            reset_state(self.optimizer)
         self.phase = phase
 
     # ---- hooks -----------------------------------------------------------------------

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from sparsifiers.distributions import active_counts, layer_densities, random_masks
+from sparsifiers.optimizer_state import reset_entries
 from sparsifiers.registry import register_sparsifier
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -92,34 +93,6 @@ def config_number(key: str, value, kind=float):
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Conv and linear modules by qualified name, in definition order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-
-
-def zero_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-    """Zero the per-element optimizer state of ``param`` (momentum, Adam moments).
-
-    With ``keep`` (a bool mask of param's shape), only entries where keep is
-    False are zeroed. Scalar state such as Adam's ``step`` is left alone.
-    """
-    if optimizer is None:
-        return
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    for value in state.values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            if keep is None:
-                value.zero_()
-            else:
-                value.mul_(keep)
-
-
-def reset_optimizer_state(optimizer) -> None:
-    """Zero the per-element state of every parameter the optimizer holds (AC/DC's momentum reset)."""
-    if optimizer is None:
-        return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            zero_optimizer_state(optimizer, param)
 
 
 @register_sparsifier("dense")
@@ -267,8 +240,8 @@ class MaskedSparsifier(Sparsifier):
         return self.layers[key.rsplit(".", 1)[0]].weight
 
     def zero_state(self, key: str, keep: torch.Tensor | None = None) -> None:
-        """Zero optimizer state of ``key``'s weight where ``keep`` is False (everywhere if None)."""
-        zero_optimizer_state(self.optimizer, self.weight(key), keep)
+        """Fresh optimizer state for ``key``'s weight where ``keep`` is False (``optimizer_state.reset_entries``)."""
+        reset_entries(self.optimizer, self.weight(key), keep)
 
     # ---- helpers for subclasses ------------------------------------------------
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsifiers.base import zero_optimizer_state
+from sparsifiers.optimizer_state import reset_entries
 
 
 # ---- theta = m * w -----------------------------------------------------------------
@@ -163,5 +163,5 @@ def pin_masked_factors(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], ma
             continue
         m = pair[0]
         m.masked_fill_(mask.logical_not(), 1.0)
-        zero_optimizer_state(optimizer, m, keep=mask)
+        reset_entries(optimizer, m, keep=mask)
 

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sparsifiers.base import Sparsifier, TrainingContext, zero_optimizer_state
+from sparsifiers.base import Sparsifier, TrainingContext
+from sparsifiers.optimizer_state import reset_entries, reset_state
 from sparsifiers.registry import build_sparsifier, register_sparsifier
 from sparsifiers.reparameterization import (add_product, pin_masked_factors, plain_state_dict, rebalance_,
                                             remove_reparameterizations)
@@ -61,8 +62,9 @@ class SignIn(Sparsifier):
       compresses there at phase boundaries, ranks freshly balanced w); theta
       is unchanged, so evaluation and sign flips do not see it.
     - ``reset_momentum_on_rebalance`` (default false): the optimizer state of
-      m and w is kept across a re-balance (not published either).
-    - Re-balancing targets gamma = 1 exactly as in methods.md:
+      m and w is kept across a re-balance (not published either); true resets
+      it as if the optimizer were fresh (``optimizer_state.reset_state``).
+    - Re-balancing targets gamma = 1 exactly as the paper writes it:
       ``m = sqrt((1 + sqrt(1 + 4 theta^2)) / 2)``, ``w = theta / m``; theta is
       kept up to one rounding of the product (relative 1e-7 in fp32).
     - Only the inner method's masked layers are reparameterized (a
@@ -131,7 +133,7 @@ class SignIn(Sparsifier):
         """Zero the optimizer state of ``key``'s weight where ``keep`` is False: both factors where reparameterized."""
         pair = self.factors.get(key)
         for tensor in pair if pair is not None else (self.weight(key),):
-            zero_optimizer_state(self.optimizer, tensor, keep)
+            reset_entries(self.optimizer, tensor, keep)
 
     def parameter_group_overrides(self) -> list[dict[str, Any]]:
         return self.inner.parameter_group_overrides()
@@ -179,8 +181,7 @@ class SignIn(Sparsifier):
         for m, w in self.factors.values():
             rebalance_(m, w, 1.0)
             if self.reset_momentum_on_rebalance:
-                zero_optimizer_state(self.optimizer, m)
-                zero_optimizer_state(self.optimizer, w)
+                reset_state(self.optimizer, (m, w))
         self.rebalances += 1
 
     @torch.no_grad()

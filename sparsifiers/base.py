@@ -19,6 +19,13 @@ Every step of the run calls both hooks, skipped optimizer steps included.
 gradients specially (RigL) remembers the next step in ``after_step`` and
 ``on_epoch_start``.
 
+Gradients under SAM (a convention for every method): ``before_step`` sees
+the gradient of the step's first backward, at the current (unperturbed)
+weights; SAM's second backward, at the perturbed point, happens inside
+``optimizer.step`` and is followed only by ``mask_gradients``. So decisions
+made in ``before_step`` (RigL's growth scores) use the unperturbed
+gradient, while the optimizer and HAM use the perturbed one.
+
 A sparsifier knows nothing of HAM: it sees the optimizer only through
 ``bind_optimizer`` (to reset or zero optimizer state, e.g. AC/DC's momentum
 reset or RigL's zero-init of regrown weights). ``optimizer.state`` and

@@ -13,10 +13,13 @@ Initial masks: exact-count random masks from ``distribution`` (ERK default).
 
 The dense gradient: the trainer masks gradients (``mask_gradients``) before
 ``before_step``. On a step that will update the mask, ``mask_gradients``
-first copies each masked layer's full gradient (the last backward's, i.e. at
-SAM's perturbed point when SAM runs) and then masks as on every step, so
-SAM's perturbation and the optimizer never see inactive gradients.
-``before_step`` scores growth from the copy and frees it. When the optimizer
+first copies each masked layer's full gradient and then masks as on every
+step, so SAM's perturbation and the optimizer never see inactive gradients.
+``before_step`` scores growth from the copy and frees it. The copy is the
+gradient of the step's first backward, at the current (unperturbed)
+weights: under SAM, growth is scored there, not at SAM's perturbed point,
+because ``before_step`` runs before the optimizer step whose closure makes
+SAM's second backward (the convention of every method, ``sparsifiers.base``). When the optimizer
 step is not skipped, the layer's gradient becomes the copy masked by the NEW
 mask, so new connections take their first step with their real gradient.
 

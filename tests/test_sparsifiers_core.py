@@ -443,3 +443,54 @@ def test_entry_point_plugin_installs_and_runs_without_editing_the_framework(tmp_
         assert float(w[mask].min()) >= float(w[~mask].max())
     train(model, sparsifier, optimizer, 1, 3, lambda step, ran: assert_masked_zero(model, sparsifier, optimizer))
     assert sparsity_report(sparsifier)["achieved_sparsity"] == 0.75
+
+
+def test_rigl_under_sam_scores_growth_with_the_unperturbed_gradient():
+    """The convention (sparsifiers.base): before_step sees the first backward's gradient, at the current weights."""
+    from ham_bench.optim import SAM
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 12))
+    x, y = torch.randn(32, 20), torch.randint(0, 12, (32,))
+    sparsifier = build_sparsifier({"name": "rigl", "sparsity": 0.7, "distribution": "uniform", "dense_first": False,
+                                   "first_update_step": 0, "update_interval": 1, "drop_fraction": 0.3,
+                                   "drop_fraction_schedule": "constant", "skip_step_on_update": False})
+    sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=4))
+    optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=2.0)
+    sparsifier.bind_optimizer(optimizer)
+    weight = model[0].weight
+    mask = sparsifier.masks()["0.weight"].clone()
+    # independent expectation from the gradient at the unperturbed weights
+    probe = nn.Linear(20, 12)
+    probe.load_state_dict(model[0].state_dict())
+    nn.functional.cross_entropy(probe(x), y).backward()
+    unperturbed = probe.weight.grad.abs().flatten()
+    active = int(mask.sum())
+    n_drop = int(0.3 * active)
+    drop_score = torch.where(mask.flatten(), weight.detach().abs().flatten(), -1.0)
+    kept = torch.zeros_like(mask.flatten())
+    kept[torch.topk(drop_score, active - n_drop).indices] = True
+    grown = torch.zeros_like(kept)
+    grown[torch.topk(torch.where(kept, -1.0, unperturbed), n_drop).indices] = True
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        sparsifier.mask_gradients()
+        return loss
+
+    closure()
+    assert sparsifier.before_step(0)
+    optimizer.step(closure)
+    sparsifier.after_step(0)
+    assert torch.equal(sparsifier.masks()["0.weight"].flatten(), kept | grown)
+
+
+def test_rigl_docstring_states_where_growth_is_scored_under_sam():
+    """Regression: the docstring claimed growth used SAM's perturbed gradient; the code uses the unperturbed one."""
+    import sparsifiers.rigl as rigl
+
+    doc = " ".join(rigl.__doc__.split())
+    assert "at SAM's perturbed point when SAM runs" not in doc
+    assert "under SAM, growth is scored there, not at SAM's perturbed point" in doc

@@ -2,8 +2,12 @@
 
 A flip is a weight whose sign went from + to - or - to + between two
 consecutive optimizer steps (both signs nonzero: pruning to zero, or regrowth
-from zero, is not a flip). The counter also reports the fraction of weights
-whose current sign is opposite to their sign at initialization.
+from zero, is not a flip). The counter also reports how many weights have the
+sign opposite to their sign at initialization (``sign_differs_from_init_count``)
+and which fraction of the weights nonzero at initialization that is
+(``sign_differs_from_init``): weights masked at init cannot differ, so
+counting them would dilute a 90 % sparse run's fraction tenfold and make it
+incomparable with a dense run's.
 
 Memory: ONE byte per tracked weight. Each byte packs the previous sign and
 the initial sign as ``3 * (initial + 1) + (previous + 1)`` (values 0..8).
@@ -55,17 +59,19 @@ class SignFlipCounter:
         differ, total = 0, 0
         differ_per_layer = {}
         for name in self.names:
-            initial = (self.packed[name] // 3).to(torch.int8) - 1
+            initial = self.initial_signs(name)
             current = torch.sign(weights[name]).to(torch.int8)
             n = int(((initial * current) < 0).sum())
-            differ_per_layer[name] = n / initial.numel()
+            nonzero = int(initial.count_nonzero())
+            differ_per_layer[name] = n / nonzero if nonzero else 0.0
             differ += n
-            total += initial.numel()
+            total += nonzero
         return {
             "sign_flips": int(sum(per_layer)),
             "sign_flips_per_layer": dict(zip(self.names, per_layer)),
             "sign_flips_cumulative": int(self.total_flips.sum()),
             "sign_differs_from_init": differ / total if total else 0.0,
+            "sign_differs_from_init_count": differ,
             "sign_differs_from_init_per_layer": differ_per_layer,
         }
 

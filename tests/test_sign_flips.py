@@ -14,7 +14,9 @@ def test_counts_flips_between_consecutive_steps_and_ignores_zeros():
     assert report["sign_flips"] == 3
     assert report["sign_flips_per_layer"] == {"a": 3}
     # differs from init: first two weights (+->-, -->+); the third is back to +, the last started at 0
-    assert report["sign_differs_from_init"] == 2 / 5
+    # and is not counted in the denominator (only weights nonzero at init can differ)
+    assert report["sign_differs_from_init"] == 2 / 4
+    assert report["sign_differs_from_init_count"] == 2
     assert counter.epoch_report({"a": torch.tensor([-1.0, 2.0, 1.0, 0.4, 1.0])})["sign_flips"] == 0
 
 
@@ -30,3 +32,20 @@ def test_one_byte_per_weight_and_state_round_trip():
     clone.load_state_dict(counter.state_dict())
     assert counter.epoch_report(moved)["sign_flips"] == expected
     assert clone.epoch_report(moved)["sign_flips"] == expected
+
+
+def test_sign_differs_from_init_is_over_weights_nonzero_at_init():
+    """Regression: masked (zero at init) weights diluted the fraction of a 90 % sparse layer tenfold."""
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(1000, generator=generator).abs() + 0.1
+    sparse = dense.clone()
+    sparse[100:] = 0.0  # 90 % of the layer masked from the start
+    moved_dense, moved_sparse = dense.clone(), sparse.clone()
+    moved_dense[:23] *= -1  # 23 of the first 100 weights change sign in both runs
+    moved_sparse[:23] *= -1
+    dense_report = SignFlipCounter({"w": dense}).epoch_report({"w": moved_dense})
+    sparse_report = SignFlipCounter({"w": sparse}).epoch_report({"w": moved_sparse})
+    assert dense_report["sign_differs_from_init_count"] == sparse_report["sign_differs_from_init_count"] == 23
+    assert dense_report["sign_differs_from_init"] == 23 / 1000
+    assert sparse_report["sign_differs_from_init"] == 23 / 100
+    assert sparse_report["sign_differs_from_init_per_layer"] == {"w": 23 / 100}

@@ -541,6 +541,26 @@ def test_grad_write_rule_matches_installed_torch(optimizer_cls, grid):
     assert _changes_grad(GradScaling, {"lr": 0.01}) == (True, True)  # unknown: always assumed to write
 
 
+def test_lbfgs_evaluates_its_closure_and_leaves_its_gradients():
+    """LBFGS needs the closure inside its step (it re-evaluates it): HAM hands it over."""
+    from ham_bench.optim.ham import _may_write_grad
+
+    params = make_params()
+    opt = HAM(torch.optim.LBFGS(params, lr=0.1, max_iter=3), alpha=ALPHA, beta=BETA, implementation="foreach")
+    assert not _may_write_grad(opt.base_optimizer, opt.param_groups[0])
+    last = []
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(params, 0)
+        loss.backward()
+        last[:] = [p.grad.clone() for p in params]
+        return loss
+
+    assert torch.isfinite(opt.step(closure))
+    assert len(last) == len(params) and all(torch.equal(p.grad, g) for p, g in zip(params, last))
+
+
 # ---- GradScaler ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_grad_scaler_skip_and_unscaled_gradients(implementation):
@@ -633,8 +653,9 @@ def test_sam_matches_manual_reference(adaptive):
 @pytest.mark.parametrize("base_name", ["sam", "sam_nesterov_foreach"])
 def test_ham_sam_two_step_api_equals_closure_step(base_name, variant, implementation):
     a, b = make_params(), make_params()
-    opt_a = HAM(make_base(base_name, a), alpha=ALPHA, beta=BETA, variant=variant, implementation=implementation)
-    opt_b = HAM(make_base(base_name, b), alpha=ALPHA, beta=BETA, variant=variant, implementation=implementation)
+    diagnostics = implementation == "foreach"  # (the compiled kernels with diagnostics would compile anew)
+    opt_a, opt_b = (HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, variant=variant,
+                        implementation=implementation, diagnostics=diagnostics) for params in (a, b))
     for step in range(3):
         one_step(opt_a, a, step)
         opt_b.zero_grad()
@@ -644,6 +665,8 @@ def test_ham_sam_two_step_api_equals_closure_step(base_name, variant, implementa
         opt_b.second_step(zero_grad=True)
     for p, q in zip(a, b):
         assert torch.equal(p, q)
+    if diagnostics:
+        assert opt_a.diagnostics()["ham_steps"] == opt_b.diagnostics()["ham_steps"] == 3
     # and both use the gradient at w + e that SAM's base step received, not what the base made of it
     for e, g in zip(run_reference(base_name, variant, 3, [LR] * 3), b):
         torch.testing.assert_close(g, e, **tolerance(implementation))

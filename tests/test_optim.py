@@ -8,6 +8,7 @@ on a small CPU machine; later ones reuse inductor's on-disk cache.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import warnings
@@ -28,8 +29,32 @@ IMPLEMENTATIONS = [
     "foreach",
     pytest.param("compiled", marks=pytest.mark.slow),
 ]
-BASES = ["sgd", "adamw", "sam", "adam", "sgd_dampening_maximize"]
+# Bases that write into p.grad during their step; HAM must still use the raw gradient g:
+# *_nesterov_foreach: torch's multi-tensor SGD adds momentum * buf into p.grad in place
+# (nesterov, weight_decay == 0, not maximize); "grad_scaling": a user optimizer HAM does not know.
+BASES = ["sgd", "adamw", "sam", "adam", "sgd_dampening_maximize", "sgd_nesterov_foreach", "sam_nesterov_foreach",
+         "grad_scaling"]
 VARIANTS = ["hyp_star", "hyp"]
+
+
+class GradScaling(torch.optim.Optimizer):
+    """A user optimizer HAM knows nothing about: SGD on 3 * g, scaling p.grad in place first."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(3.0)
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
 
 
 # ---- problem: params, a loss whose gradient depends on the weights (so SAM matters) -----------
@@ -66,10 +91,23 @@ def make_base(name: str, params, lr: float = LR):
         return torch.optim.SGD(params, lr=lr, momentum=0.9, dampening=0.1, weight_decay=1e-3, maximize=True)
     if name == "sam":
         return SAM(params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, weight_decay=1e-3)
+    if name == "sgd_nesterov_foreach":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0, foreach=True)
+    if name == "sam_nesterov_foreach":
+        return SAM(params, torch.optim.SGD, rho=0.05, lr=lr, momentum=0.9, nesterov=True, weight_decay=0,
+                   foreach=True)
+    if name == "grad_scaling":
+        return GradScaling(params, lr=lr)
     raise AssertionError(name)
 
 
-def one_step(opt, params, step: int, zeros: bool = False, before=None):
+def one_step(opt, params, step: int, zeros: bool = False, before=None, grads=None):
+    """One optimizer step on loss_fn; ``grads`` (a list) receives copies of the gradients the
+    base step gets as input (for SAM-style bases: the ones the closure leaves at w + e)."""
+    def record():
+        if grads is not None:
+            grads[:] = [None if p.grad is None else p.grad.detach().clone() for p in params]
+
     opt.zero_grad()
     loss_fn(params, step, zeros).backward()
     if before is not None:
@@ -78,32 +116,41 @@ def one_step(opt, params, step: int, zeros: bool = False, before=None):
         def closure():
             loss = loss_fn(params, step, zeros)
             loss.backward()
+            record()
             return loss
         return opt.step(closure)
+    record()
     return opt.step()
 
 
-def reference_ham_(params, olds, variant, lr, alpha=ALPHA, beta=BETA, clamp=CLAMP, covered=None, maximize=False):
-    """The update of methods.md, one tensor at a time (maximize: HAM descends -f like the base)."""
+def reference_ham_(params, olds, variant, lr, alpha=ALPHA, beta=BETA, clamp=CLAMP, covered=None, maximize=False,
+                   grads=None):
+    """The update of methods.md, one tensor at a time (maximize: HAM descends -f like the base).
+
+    ``grads``: the raw gradients the base step used (default: p.grad as it is now)."""
     with torch.no_grad():
-        for p, old in zip(params, olds):
-            if p.grad is None or not (covered(p) if covered else p.dim() >= 2):
+        for i, (p, old) in enumerate(zip(params, olds)):
+            grad = p.grad if grads is None else grads[i]
+            if grad is None or not (covered(p) if covered else p.dim() >= 2):
                 continue
             sign = torch.sign(p) if variant == "hyp_star" else torch.sign(old)
-            grad = -p.grad if maximize else p.grad
+            grad = -grad if maximize else grad
             exponent = torch.clamp(-lr * (alpha * sign * grad + beta), -clamp, clamp)
             p.mul_(torch.exp(exponent))
 
 
 def run_reference(base_name, variant, steps, lrs, zeros=False, **ham):
+    """The plain base step, then the HAM formula with the raw gradient saved before the base saw it."""
     params = make_params(zeros=zeros)
     base = make_base(base_name, params)
     for step in range(steps):
         for group in base.param_groups:
             group["lr"] = lrs[step]
         olds = [p.detach().clone() for p in params]
-        one_step(base, params, step, zeros)
-        reference_ham_(params, olds, variant, lrs[step], maximize=base.param_groups[0].get("maximize", False), **ham)
+        raw = []
+        one_step(base, params, step, zeros, grads=raw)
+        reference_ham_(params, olds, variant, lrs[step], maximize=base.param_groups[0].get("maximize", False),
+                       grads=raw, **ham)
     return params
 
 
@@ -141,7 +188,7 @@ def test_update_matches_per_tensor_reference(base_name, variant, implementation)
             group["lr"] = lrs[step]
         one_step(base, plain, step)
     assert not torch.allclose(plain[0], got[0], rtol=1e-3)
-    if base_name != "sam":  # SAM couples all weights through the gradient norm
+    if not base_name.startswith("sam"):  # SAM couples all weights through the gradient norm
         torch.testing.assert_close(plain[2], got[2], **tolerance(implementation))  # 1-D: not covered
 
 
@@ -353,6 +400,167 @@ def test_bad_input_names_argument_and_allowed_values():
         SAM(params, torch.optim.SGD, lr=0.1).step()
 
 
+# ---- the raw gradient: bases that write into p.grad during their step (issue 11) -----------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_nesterov_foreach_sgd_five_steps_use_the_raw_gradient(variant, implementation):
+    """The reported case: torch's multi-tensor SGD (nesterov, weight_decay=0) turns p.grad into
+    g + momentum * buf; 5 steps with alpha=20, beta=0 must still follow the formula with g."""
+    lrs = [LR] * 5
+    expected = run_reference("sgd_nesterov_foreach", variant, 5, lrs, beta=0.0)
+    got, _ = run_ham("sgd_nesterov_foreach", variant, implementation, 5, lrs, beta=0.0)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("base_name", ["sgd_nesterov_foreach", "sam_nesterov_foreach", "grad_scaling"])
+def test_covered_grads_are_left_as_the_base_received_them(base_name, implementation):
+    params = make_params()
+    opt = HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, implementation=implementation)
+    for step in range(2):
+        raw = []
+        one_step(opt, params, step, grads=raw)
+        for p, g in zip(params, raw):
+            if p.dim() >= 2:
+                assert torch.equal(p.grad, g)
+    if base_name == "sgd_nesterov_foreach":  # HAM shields only what it reads: biases keep what torch made
+        assert not torch.equal(params[2].grad, raw[2])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("base_name", ["sgd_nesterov_foreach", "grad_scaling"])
+def test_closure_gradient_is_the_raw_one(base_name, implementation):
+    params = make_params()
+    opt = HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, implementation=implementation)
+    for step in range(3):
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(params, step)
+            loss.backward()
+            return loss
+
+        assert torch.isfinite(opt.step(closure))
+    for e, g in zip(run_reference(base_name, "hyp_star", 3, [LR] * 3), params):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_nesterov_foreach_sgd_raw_gradient_for_float64_and_bfloat16(variant, implementation):
+    """Tensors the compiled kernels do not take go "base first, then HAM" on the compiled path too."""
+    def build():
+        g = torch.Generator().manual_seed(0)
+        return [nn.Parameter(0.5 * torch.randn(6, 5, generator=g, dtype=torch.float64)),
+                nn.Parameter((0.5 * torch.randn(4, 7, generator=g)).bfloat16()),
+                nn.Parameter(0.5 * torch.randn(3, 2, 3, 3, generator=g)),  # float32: fused on the compiled path
+                nn.Parameter(torch.randn(5, generator=g))]
+
+    def base(params):
+        return torch.optim.SGD(params, lr=LR, momentum=0.9, nesterov=True, weight_decay=0, foreach=True)
+
+    expected, got = build(), build()
+    ref, opt = base(expected), HAM(base(got), alpha=ALPHA, beta=BETA, variant=variant, implementation=implementation)
+    for step in range(4):
+        olds = [p.detach().clone() for p in expected]
+        raw = []
+        one_step(ref, expected, step, grads=raw)
+        reference_ham_(expected, olds, variant, LR, grads=raw)
+        one_step(opt, got, step)
+    for e, g in zip(expected, got):
+        exact = e.dtype != torch.bfloat16  # bf16: foreach ops round in another order than the reference
+        torch.testing.assert_close(g, e, **(tolerance(implementation) if exact else {"rtol": 2e-2, "atol": 1e-2}))
+
+
+def _changes_grad(optimizer_cls, kwargs, steps=3) -> tuple[bool, bool]:
+    """(whether HAM's rule expects writes into p.grad, whether the real step wrote into it)."""
+    from ham_bench.optim.ham import _may_write_grad
+
+    g = torch.Generator().manual_seed(0)
+    p = nn.Parameter(torch.randn(4, 3, generator=g))
+    opt = optimizer_cls([p], **kwargs)
+    wrote = False
+    for step in range(steps):
+        p.grad = torch.randn(4, 3, generator=g)
+        raw = p.grad.clone()
+        if getattr(opt, "requires_closure", False):
+            opt.first_step(zero_grad=False)
+            opt.second_step()
+        else:
+            opt.step()
+        wrote = wrote or not torch.equal(p.grad, raw)
+    return _may_write_grad(opt, opt.param_groups[0]), wrote
+
+
+def _flag_grid(**choices):
+    keys = list(choices)
+    return [dict(zip(keys, values)) for values in itertools.product(*choices.values())]
+
+
+_DECAY_MAX = {"weight_decay": [0.0, 0.1], "maximize": [False, True]}
+_TORCH_BASES = [
+    (torch.optim.SGD, _flag_grid(momentum=[0.0, 0.9], nesterov=[False, True], dampening=[0.0, 0.1], **_DECAY_MAX)),
+    (torch.optim.Adam, _flag_grid(amsgrad=[False, True], **_DECAY_MAX)),
+    (torch.optim.AdamW, _flag_grid(amsgrad=[False, True], **_DECAY_MAX)),
+    (torch.optim.RMSprop, _flag_grid(momentum=[0.0, 0.9], centered=[False, True], **_DECAY_MAX)),
+    (torch.optim.Adagrad, _flag_grid(**_DECAY_MAX)),
+    (torch.optim.Adadelta, _flag_grid(**_DECAY_MAX)),
+    (torch.optim.Adamax, _flag_grid(**_DECAY_MAX)),
+    (torch.optim.ASGD, _flag_grid(**_DECAY_MAX)),
+    (torch.optim.NAdam, _flag_grid(decoupled_weight_decay=[False, True], **_DECAY_MAX)),
+    (torch.optim.RAdam, _flag_grid(decoupled_weight_decay=[False, True], **_DECAY_MAX)),
+    (torch.optim.Rprop, _flag_grid(maximize=[False, True])),
+    (torch.optim.Adafactor, _flag_grid(**_DECAY_MAX)),
+    (torch.optim.Muon, _flag_grid(nesterov=[False, True], weight_decay=[0.0, 0.1])),
+]
+_FUSED_ON_CPU = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad)
+
+
+@pytest.mark.parametrize("optimizer_cls, grid", _TORCH_BASES, ids=[cls.__name__ for cls, _ in _TORCH_BASES])
+def test_grad_write_rule_matches_installed_torch(optimizer_cls, grid):
+    """HAM copies a gradient only where the base writes into it: exactly, on every path torch runs on CPU."""
+    paths = [{}] if optimizer_cls is torch.optim.Muon else [{"foreach": False}, {"foreach": True}, {}]
+    if optimizer_cls in _FUSED_ON_CPU:
+        paths.append({"fused": True})
+    checked = 0
+    for flags in grid:
+        if optimizer_cls is torch.optim.SGD and flags["nesterov"] and (flags["momentum"] == 0 or flags["dampening"]):
+            continue  # torch rejects these
+        for path in paths:
+            kwargs = {"lr": 0.01, **flags, **path}
+            expected, wrote = _changes_grad(optimizer_cls, kwargs)
+            assert expected == wrote, kwargs
+            if optimizer_cls is torch.optim.SGD:
+                sam_expected, sam_wrote = _changes_grad(SAM, {"base_optimizer_cls": optimizer_cls, **kwargs})
+                assert sam_expected == sam_wrote == wrote, kwargs
+            checked += 1
+    assert checked >= len(grid)
+    if optimizer_cls is torch.optim.SGD:  # the one writer torch has: multi-tensor nesterov without decay
+        assert _changes_grad(optimizer_cls, {"lr": 0.01, "momentum": 0.9, "nesterov": True, "foreach": True}) \
+            == (True, True)
+    assert _changes_grad(GradScaling, {"lr": 0.01}) == (True, True)  # unknown: always assumed to write
+
+
+def test_lbfgs_evaluates_its_closure_and_leaves_its_gradients():
+    """LBFGS needs the closure inside its step (it re-evaluates it): HAM hands it over."""
+    from ham_bench.optim.ham import _may_write_grad
+
+    params = make_params()
+    opt = HAM(torch.optim.LBFGS(params, lr=0.1, max_iter=3), alpha=ALPHA, beta=BETA, implementation="foreach")
+    assert not _may_write_grad(opt.base_optimizer, opt.param_groups[0])
+    last = []
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(params, 0)
+        loss.backward()
+        last[:] = [p.grad.clone() for p in params]
+        return loss
+
+    assert torch.isfinite(opt.step(closure))
+    assert len(last) == len(params) and all(torch.equal(p.grad, g) for p, g in zip(params, last))
+
+
 # ---- GradScaler ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_grad_scaler_skip_and_unscaled_gradients(implementation):
@@ -440,11 +648,15 @@ def test_sam_matches_manual_reference(adaptive):
     assert "momentum_buffer" in sam.state[params[0]]
 
 
-def test_ham_sam_two_step_api_equals_closure_step():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("base_name", ["sam", "sam_nesterov_foreach"])
+def test_ham_sam_two_step_api_equals_closure_step(base_name, variant, implementation):
     a, b = make_params(), make_params()
-    opt_a = HAM(make_base("sam", a), alpha=ALPHA, beta=BETA, variant="hyp", implementation="foreach")
-    opt_b = HAM(make_base("sam", b), alpha=ALPHA, beta=BETA, variant="hyp", implementation="foreach")
-    for step in range(2):
+    diagnostics = implementation == "foreach"  # (the compiled kernels with diagnostics would compile anew)
+    opt_a, opt_b = (HAM(make_base(base_name, params), alpha=ALPHA, beta=BETA, variant=variant,
+                        implementation=implementation, diagnostics=diagnostics) for params in (a, b))
+    for step in range(3):
         one_step(opt_a, a, step)
         opt_b.zero_grad()
         loss_fn(b, step).backward()
@@ -453,6 +665,11 @@ def test_ham_sam_two_step_api_equals_closure_step():
         opt_b.second_step(zero_grad=True)
     for p, q in zip(a, b):
         assert torch.equal(p, q)
+    if diagnostics:
+        assert opt_a.diagnostics()["ham_steps"] == opt_b.diagnostics()["ham_steps"] == 3
+    # and both use the gradient at w + e that SAM's base step received, not what the base made of it
+    for e, g in zip(run_reference(base_name, variant, 3, [LR] * 3), b):
+        torch.testing.assert_close(g, e, **tolerance(implementation))
 
 
 def test_sam_state_dict_round_trip():
@@ -503,12 +720,14 @@ def compiled_train_step():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("nesterov_foreach", [False, True])  # True: the base writes into p.grad
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_compile_training_step_matches_eager(compiled_train_step, variant):
+def test_torch_compile_training_step_matches_eager(compiled_train_step, variant, nesterov_foreach):
     def build():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-        opt = HAM(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), alpha=5.0, beta=1e-3,
+        sgd = {"nesterov": True, "foreach": True} if nesterov_foreach else {}
+        opt = HAM(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, **sgd), alpha=5.0, beta=1e-3,
                   variant=variant)
         return model, opt
 

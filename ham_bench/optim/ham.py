@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from . import ham_kernels as K
 from .ham_fused import CompiledSteps, kernel_ready, scalar
+from .sam import SAM, closure_step
 from .wrapper import WrappedOptimizer
 
 __all__ = ["HAM"]
@@ -26,6 +27,38 @@ def _check_strength(name: str, value: Any, where: str = "HAM") -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+# torch optimizers whose step() never writes into p.grad, on any path (single-tensor, foreach,
+# fused); tests/test_optim.py checks this against the installed torch for every flag combination.
+_READS_GRAD_ONLY = tuple(cls for cls in (getattr(torch.optim, name, None) for name in (
+    "Adadelta", "Adafactor", "Adagrad", "Adamax", "ASGD", "LBFGS", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop"))
+    if cls is not None)
+
+
+def _may_write_grad(optimizer: Optimizer, group: dict[str, Any]) -> bool:
+    """Whether ``optimizer``'s step may write into the p.grad of ``group``'s params (see HAM: raw gradient)."""
+    kind = type(optimizer)
+    if kind is SAM:  # SAM only reads p.grad; its base steps on it
+        return _may_write_grad(optimizer.base_optimizer, group)
+    if kind in _READS_GRAD_ONLY:
+        return False
+    if group.get("differentiable", False):  # torch/optim/{sgd,adam}.py: grad.addcmul_ for a tensor weight_decay
+        return True
+    if kind in (torch.optim.Adam, torch.optim.AdamW):
+        return False
+    if kind is torch.optim.SGD:
+        # _multi_tensor_sgd: torch._foreach_add_(device_grads, bufs, alpha=momentum) adds into p.grad
+        # itself unless weight decay or maximize already made device_grads a new list of tensors.
+        momentum, weight_decay = group["momentum"], group["weight_decay"]  # tensors: assume the worst, no sync
+        if not ((isinstance(momentum, Tensor) or momentum != 0) and group["nesterov"]
+                and not group.get("maximize", False) and (isinstance(weight_decay, Tensor) or weight_decay == 0)):
+            return False
+        if group.get("foreach") is None and group.get("fused") is None:
+            # torch's default picks the multi-tensor path for CUDA/XPU/... tensors, never for CPU ones
+            return any(p.device.type != "cpu" for p in group["params"])
+        return bool(group.get("foreach"))
+    return True  # an optimizer HAM does not know: assume it may
 
 
 def _check_clamp(value: Any) -> float:
@@ -43,9 +76,10 @@ class HAM(CompiledSteps, WrappedOptimizer):
 
         exp(clamp(-lr * (alpha * sign * g + beta), -clamp, clamp))
 
-    with ``g`` the raw gradient in ``p.grad`` (for SAM: the gradient SAM leaves
-    there, taken at the perturbed point; negated if the group has
-    ``maximize=True``) and ``lr`` the group's current learning rate.
+    with ``g`` the raw gradient: ``p.grad`` as the base step received it (for SAM:
+    the gradient taken at the perturbed point that SAM's second step hands its
+    base; negated if the group has ``maximize=True``), whatever the base then does
+    to ``p.grad``, and ``lr`` the group's current learning rate.
     ``variant="hyp_star"`` (default) takes the sign of the weight after the base
     step; ``"hyp"`` the sign before it. Exact zeros stay zero; HAM never flips a
     sign itself. ``beta`` is a decoupled multiplicative decay on covered weights,
@@ -81,6 +115,41 @@ class HAM(CompiledSteps, WrappedOptimizer):
     * ``"auto"`` (default): ``"compiled"``; falls back to ``"foreach"`` with a
       warning if compilation fails. Inside a ``torch.compile``'d region HAM always
       uses the foreach path and lets the outer compile fuse it.
+
+    How HAM gets the raw gradient. The fused kernels read ``p.grad`` in the same
+    pass as the base update, before anything can write into it (the base's
+    ``step()`` never sees those params): no copy. Everywhere else HAM reads
+    ``p.grad`` after the base step, so for a param group whose base may write into
+    ``p.grad``, the covered params' gradients are swapped for copies while the
+    base steps and put back afterwards: exact, one transient copy of those
+    gradients, no host sync. Which bases may write (``_may_write_grad``; the
+    torch part is checked against the installed torch by tests/test_optim.py):
+
+    * ``torch.optim.SGD`` with momentum, nesterov, weight_decay == 0 and not
+      maximize, on the multi-tensor path (``foreach=True``, or torch's default
+      for non-CPU tensors): torch adds momentum * buf into p.grad in place
+      (torch/optim/sgd.py, ``_multi_tensor_sgd``). With ``differentiable=True``,
+      SGD, Adam and AdamW (``grad.addcmul_`` for a tensor weight_decay). No
+      other path of these, and no path of Adadelta, Adafactor, Adagrad, Adamax,
+      ASGD, LBFGS, Muon, NAdam, RAdam, RMSprop or Rprop.
+    * SAM: whatever its base may (SAM itself only reads p.grad).
+    * Any other optimizer (user classes, subclasses of torch's): always. A write
+      cannot be undone, and telling afterwards whether one happened is not
+      reliable (torch's fused kernels write through raw pointers without bumping
+      ``p.grad._version``; a write may happen only on some steps), so HAM pays
+      the copy rather than risk a wrong update.
+
+    After a step, a covered param's ``p.grad`` is the tensor the caller left
+    there, unchanged (torch's own multi-tensor SGD would leave g + momentum * buf;
+    HAM's fused path never writes p.grad, so all HAM paths agree); params HAM
+    does not cover keep whatever the base made of their gradients. With a
+    closure and gradients to keep, HAM runs the closure itself first (as torch's
+    optimizers and the fused path do) and calls the base without it.
+    ``step(closure)`` over SAM runs SAM's own sequence through :meth:`first_step`
+    and :meth:`second_step`, so HAM brackets the base step inside SAM (SAM's own
+    step hooks do not run then). Another base that needs the closure inside its
+    step (``requires_closure``) is handed it and must itself leave p.grad as the
+    gradient its update used.
 
     The fused kernels reproduce torch's SGD/Adam(W) math up to float32 rounding
     (not bit for bit; a group with alpha = beta = 0 is torch's own step, bit for
@@ -262,6 +331,8 @@ class HAM(CompiledSteps, WrappedOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Base optimizer step, then HAM on the covered weights. Returns the closure's loss."""
+        if closure is not None and isinstance(self.base_optimizer, SAM):
+            return closure_step(self, closure)  # SAM's sequence, through first_step / second_step below
         counted = self._diag_count
         if self._use_compiled():
             loss = self._step_compiled(closure)
@@ -287,9 +358,40 @@ class HAM(CompiledSteps, WrappedOptimizer):
     def _step_foreach(self, closure, loss=None):
         plan = self._covered_by_group()
         signs = self._signs(plan)
-        base_loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+        base_loss = self._base_step(plan, closure)
         self._apply_after_base(plan, signs, compiled=False)
         return loss if loss is not None else base_loss
+
+    def _base_step(self, plan, closure=None, step: Callable[[], Any] | None = None):
+        """The base's step (or ``step()``), keeping the raw gradients of ``plan``'s params for HAM.
+
+        Where the base may write into p.grad (``_may_write_grad``), each covered gradient is
+        swapped for a copy while the base steps and put back after. A closure then runs
+        first, here, and the base steps without it. Returns the loss.
+        """
+        base = self.base_optimizer
+        shielded = [params for group, _, _, params in plan if _may_write_grad(base, group)]
+        loss = None
+        if shielded and closure is not None:
+            if self.requires_closure:  # the base makes its own gradients; it must keep them (as SAM does)
+                shielded = []
+            else:
+                with torch.enable_grad():
+                    loss = closure()
+                closure = None
+        kept = [(p, p.grad) for params in shielded for p in params if p.grad is not None and not p.grad.is_sparse]
+        for p, grad in kept:
+            p.grad = grad.clone()
+        try:
+            if step is not None:
+                step()
+            else:
+                base_loss = base.step(closure) if closure is not None else base.step()
+                loss = base_loss if loss is None else loss
+        finally:
+            for p, grad in kept:
+                p.grad = grad
+        return loss
 
     def _apply_after_base(self, plan, signs, compiled: bool) -> None:
         """HAM factor on covered params (with a gradient) whose base step already ran."""
@@ -347,7 +449,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
             raise RuntimeError("HAM.second_step called without first_step")
         plan, signs = self._pending_signs
         self._pending_signs = None
-        self.base_optimizer.second_step(zero_grad=False)
+        self._base_step(plan, step=lambda: self.base_optimizer.second_step(zero_grad=False))
         counted = self._diag_count
         self._apply_after_base(plan, signs, compiled=self._use_compiled())
         if self._diag_count != counted:

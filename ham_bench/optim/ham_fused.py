@@ -116,7 +116,7 @@ class CompiledSteps:
         if self._fusable is None:
             plan = self._covered_by_group()
             signs = self._signs(plan)
-            loss = self.base_optimizer.step(closure) if closure is not None else self.base_optimizer.step()
+            loss = self._base_step(plan, closure)
             self._apply_after_base(plan, signs, compiled=True)
             return loss
         loss = None
@@ -140,7 +140,7 @@ class CompiledSteps:
         for p in hidden:
             p.grad = None
         try:
-            self.base_optimizer.step()
+            self._base_step(rest)
         finally:
             for p, grad in zip(hidden, grads):
                 p.grad = grad

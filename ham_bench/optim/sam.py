@@ -190,11 +190,17 @@ class SAM(WrappedOptimizer):
         if closure is None:
             raise ValueError("SAM.step needs a closure that runs forward + backward and returns the loss "
                              "(or call first_step() and second_step() around your own backward)")
-        if not any(p.grad is not None for group in self.param_groups for p in group["params"]):
-            with torch.enable_grad():
-                closure()
-        self.first_step(zero_grad=True)
+        return closure_step(self, closure)
+
+
+def closure_step(optimizer, closure: Callable[[], Any]):
+    """``SAM.step(closure)`` as calls on ``optimizer``: a SAM, or a wrapper with SAM's
+    ``first_step``/``second_step`` (HAM, which so brackets the base step SAM's second_step runs)."""
+    if not any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
         with torch.enable_grad():
-            loss = closure()
-        self.second_step()
-        return loss
+            closure()
+    optimizer.first_step(zero_grad=True)
+    with torch.enable_grad():
+        loss = closure()
+    optimizer.second_step()
+    return loss

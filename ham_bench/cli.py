@@ -39,17 +39,18 @@ def _fail(message: str, run_dir: Path | None) -> None:
     sys.exit(USAGE_ERROR)
 
 
-def _resumed_config(resume: str) -> DictConfig:
-    checkpoint = Path(resume) / "checkpoint.pt"
-    if not checkpoint.exists():
-        print(f"error: resume={resume}: no checkpoint.pt in that run dir", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
-    import torch
+def _resumed(resume: str) -> tuple[DictConfig, dict]:
+    """The run config stored in ``resume``'s checkpoint, and the checkpoint (read once, here)."""
+    from ham_bench.engine.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
-    cfg = OmegaConf.create(torch.load(checkpoint, map_location="cpu", weights_only=False)["config"])
+    checkpoint = Path(resume) / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        raise CheckpointError(f"resume={resume}: no {CHECKPOINT_NAME} in that run dir")
+    state = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(state["config"])
     cfg.resume = resume
     cfg.stop_after_epochs = None
-    return cfg
+    return cfg, state
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -59,15 +60,19 @@ def app(cfg: DictConfig) -> float | None:
     from ham_bench.validation import ConfigError, validate_config
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_state = None
     if cfg.get("resume"):
-        cfg = _resumed_config(cfg.resume)
+        try:
+            cfg, resume_state = _resumed(cfg.resume)
+        except ConfigError as exc:
+            _fail(str(exc).splitlines()[0], None)
     if distributed.init(cfg.device):  # launched as one rank of several (torchrun, submitit)
         run_dir = distributed.shared_run_dir(run_dir)
     try:
         validate_config(cfg)
         from ham_bench.run import run_experiment
 
-        summary = run_experiment(cfg, run_dir)
+        summary = run_experiment(cfg, run_dir, resume_state)
     except (ConfigError, DatasetNotFoundError) as exc:
         _fail(str(exc).splitlines()[0], run_dir)
     except (ValueError, TypeError) as exc:

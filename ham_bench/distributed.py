@@ -279,10 +279,7 @@ def finds_unused_parameters(sparsifier) -> bool:
     sparsifier can say so itself with ``ddp_find_unused_parameters = True``.
     Every other built-in method uses all its parameters in every step.
     """
-    flag = getattr(sparsifier, "ddp_find_unused_parameters", None)
-    if flag is not None:
-        return bool(flag)
-    return getattr(sparsifier, "name", "") == "str" and bool(getattr(sparsifier, "final_projection", False))
+    return bool(sparsifier.unused_parameters_under_ddp)
 
 
 def wrap_model(model: nn.Module, device: torch.device, sparsifier=None) -> nn.Module:

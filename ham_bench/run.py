@@ -27,14 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from ham_bench import atomic_io, distributed
 from ham_bench.data import build_datasets, build_loader
-from ham_bench.flops import flops_report
+from ham_bench.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ham_bench.engine.trainer import NonFiniteLossError, Trainer, TrainerSettings
 from ham_bench.loggers import MetricsLogger
+from ham_bench.metrics import build_meters
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
 from ham_bench.schedule import build_scheduler
-from ham_bench.trainer import NonFiniteLossError, Trainer, TrainerSettings
 from sparsifiers import build_sparsifier
-from sparsifiers.base import TrainingContext, sparsity_report
+from sparsifiers.base import TrainingContext
 
 log = logging.getLogger("ham_bench")
 
@@ -51,8 +52,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
-    """Everything one run needs, built in the order the sparsifier interface expects."""
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:
+    """Everything one run needs, built in the order the sparsifier interface expects.
+
+    ``resume_state``: the checkpoint being resumed (``engine.checkpoint.load_checkpoint``), restored here.
+    """
     device = distributed.local_device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
     with distributed.main_process_first():  # rank 0 downloads, if anything is downloaded
@@ -71,23 +75,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
     sparsifier.attach(model, context)
     distributed.broadcast_masks(sparsifier)
     train_model = distributed.wrap_model(model, device, sparsifier)  # the model itself when not distributed
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_group_overrides())
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_groups())
     sparsifier.bind_optimizer(optimizer)
     scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
-        ham_warn_clamp_fraction=cfg.ham_warn_clamp_fraction, stop_after_epochs=cfg.get("stop_after_epochs"),
-        input_shape=(data.in_channels, data.image_size, data.image_size),
-        batch_size=cfg.batch_size * distributed.world_size(),  # samples per step over all ranks (FLOPs)
-        optimizer_cfg=cfg.optimizer, ham_cfg=cfg.ham, dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
-        is_main_process=distributed.is_main_process(), extra_row={"eval_split": data.eval_split_name})
-    keep_epochs = 0
-    if cfg.get("resume") and settings.is_main_process:
-        keep_epochs = torch.load(Path(cfg.resume) / "checkpoint.pt", map_location="cpu",
-                                 weights_only=False)["epoch"]
+        stop_after_epochs=cfg.get("stop_after_epochs"), is_main_process=distributed.is_main_process(),
+        extra_row={"eval_split": data.eval_split_name})
+    meters = build_meters(model, sparsifier, optimizer, input_shape=(data.in_channels, data.image_size, data.image_size),
+                          batch_size=cfg.batch_size * distributed.world_size(),  # samples per step over all ranks
+                          steps_per_epoch=len(train_loader), log_every=cfg.log_every,
+                          warn_clamp_fraction=cfg.ham_warn_clamp_fraction, run_dir=run_dir,
+                          dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
+                          is_main_process=settings.is_main_process)
+    keep_epochs = resume_state["epoch"] if resume_state is not None else 0
     metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs) if settings.is_main_process else None
-    trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, metrics_logger,
+    trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, meters, metrics_logger,
                       run_dir, settings, device, seed=cfg.seed, train_model=train_model,
                       checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                                         "model_args": {"num_classes": data.num_classes,
@@ -100,19 +104,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> Trainer:
              cfg.ham.variant if cfg.ham.enabled else "off", device)
     if distributed.is_distributed():
         log.info(distributed.describe(cfg.batch_size))
+    if resume_state is not None:
+        trainer.restore(resume_state)
+        log.info("resumed from %s at epoch %d", cfg.resume, trainer.start_epoch)
     return trainer
 
 
 def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: float, error: str | None) -> dict:
     rows = trainer.metrics_logger.rows if trainer else []
     last = rows[-1] if rows else {}
-    sparsity, flops = None, {}
-    if trainer is not None:
-        sparsity = sparsity_report(trainer.sparsifier)["achieved_sparsity_all_layers"]
-        meter = trainer.flops_meter
-        flops = flops_report(trainer.model, trainer.sparsifier, trainer.settings.input_shape, cfg.optimizer, cfg.ham,
-                             steps=meter.ordinary_steps + meter.update_steps,
-                             batch_size=trainer.settings.batch_size, meter=meter)
     summary = {
         "status": status,
         "error": error,
@@ -120,9 +120,6 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
         "final_test_top5": last.get("test_top5"),
         "final_test_loss": last.get("test_loss"),
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
-        "final_sparsity": sparsity,
-        "target_sparsity": float(cfg.sparsifier.get("sparsity", 0.0)),
-        "sign_flips_total": sum(r["sign_flips"] for r in rows),
         "epochs": len(rows),
         "epochs_planned": cfg.epochs,
         "seconds": seconds,
@@ -134,22 +131,24 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
                    "ham": cfg.ham.variant if cfg.ham.enabled else "off",
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
     }
-    for key in ("sparsity_masked_layers", "target_sparsity_masked_layers", "dense_layers", "itop_rate",
-                "mask_overlap_initial", "sign_agreement_init", "sign_differs_from_init"):
-        if key in last:
-            summary[f"final_{key}"] = last[key]
-    summary.update(flops)
+    for meter in trainer.meters if trainer is not None else ():
+        summary.update(meter.summary())
+        summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})
     return summary
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train one run and write summary.json; returns the summary."""
+def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> dict:
+    """Train one run and write summary.json; returns the summary.
+
+    Resuming (``cfg.resume``): ``resume_state`` is the checkpoint the caller already read (the CLI reads
+    it for the config), else it is read here, once.
+    """
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    trainer = build_trainer(cfg, run_dir)
-    if cfg.get("resume"):
-        trainer.load_checkpoint(Path(cfg.resume) / "checkpoint.pt")
-        log.info("resumed from %s at epoch %d", cfg.resume, trainer.start_epoch)
+    if resume_state is None and cfg.get("resume"):
+        distributed.barrier()  # every rank reads rank 0's checkpoint, once it is written
+        resume_state = load_checkpoint(Path(cfg.resume) / CHECKPOINT_NAME)
+    trainer = build_trainer(cfg, run_dir, resume_state)
     status, error = "completed", None
     main = trainer.settings.is_main_process  # only rank 0 writes
     try:

@@ -47,6 +47,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ham_bench.engine.step import train_step  # noqa: E402
 from ham_bench.models import build_model  # noqa: E402
 from ham_bench.optim import build_optimizer  # noqa: E402
 from sparsifiers import build_sparsifier  # noqa: E402
@@ -60,6 +61,9 @@ CPU_MODELS = {
     "resnet18_cifar": ({"name": "resnet18_cifar"}, 3, 32, 100, 16),
 }
 PHASES = ("forward_backward", "mask_gradients", "optimizer_step", "remask")
+# train_step's phase marks -> this report's names (before_step is gradient masking for these methods)
+PHASE_NAMES = {"forward_backward": "forward_backward", "before_step": "mask_gradients",
+               "optimizer_step": "optimizer_step", "after_step": "remask"}
 
 
 # ---- one training step, as the trainer takes it ------------------------------------------------
@@ -86,22 +90,19 @@ class Variant:
         self.step_index = 0
 
     def step(self, x, y, precision="fp32") -> dict[str, float]:
+        """One ``train_step`` (the trainer's hook order), timed per phase."""
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        times = {}
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = self.criterion(self.train_model(x).float(), y)
-        loss.backward()  # under DDP: returns once the gradients are all-reduced
-        sync()
-        times["forward_backward"] = time.perf_counter() - start
-        for phase, action in (("mask_gradients", self.sparsifier.mask_gradients),
-                              ("optimizer_step", self.optimizer.step),
-                              ("remask", lambda: self.sparsifier.after_step(self.step_index))):
-            start = time.perf_counter()
-            action()
+        times, last = {}, [time.perf_counter()]
+
+        def mark(phase):
             sync()
-            times[phase] = time.perf_counter() - start
+            now = time.perf_counter()
+            times[PHASE_NAMES[phase]] = now - last[0]
+            last[0] = now
+
+        autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
+        train_step(self.train_model, self.optimizer, self.sparsifier, x, y, self.step_index, self.criterion,
+                   autocast, mark=mark)
         self.step_index += 1
         times["step"] = sum(times[p] for p in PHASES)
         return times

@@ -107,7 +107,7 @@ def table(sparsifier) -> tuple[list[tuple], dict]:
     shapes = {f"{name}.weight": tuple(m.weight.shape) for name, m in sparsifier.layers.items()}
     densities = sparsifier.target_densities()
     counts = active_counts(shapes, densities)
-    masked = {f"{name}.weight" for name in sparsifier.masked_layer_names()}
+    masked = set(sparsifier.masked_keys)
     rows = []
     for key, shape in shapes.items():
         params = torch.Size(shape).numel()
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total: {summary['params']} weights in {len(rows)} conv/linear layers, {summary['nonzeros']} nonzeros")
     print(f"target sparsity {summary['sparsity_masked']:.4f} over the masked layers, "
           f"{summary['sparsity_all']:.4f} over all conv/linear layers "
-          f"(first conv {'dense' if sparsifier.dense_first else 'masked'}, "
-          f"last linear {'dense' if sparsifier.dense_last else 'masked'})")
+          f"(first conv {'dense' if sparsifier.selection.dense_first else 'masked'}, "
+          f"last linear {'dense' if sparsifier.selection.dense_last else 'masked'})")
     if getattr(sparsifier, "distribution", None) == "global":
         print("distribution=global: only the total is fixed; per-layer densities follow the weight magnitudes "
               "at each compression (the table shows the uniform share)")

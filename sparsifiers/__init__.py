@@ -1,25 +1,39 @@
-"""Sparsity methods for ham-bench: one module per method on a small common interface.
+"""Sparsity methods for ham-bench: one module per method on a small common core.
 
     from sparsifiers import build_sparsifier, available_sparsifiers
     sparsifier = build_sparsifier({"name": "rigl", "sparsity": 0.9})
 
-See ``sparsifiers.base`` for the hooks the trainer calls and
-``sparsifiers.registry`` for how third-party methods plug in.
+``sparsifiers.base`` is the contract (the hooks, when each runs, the declared
+properties), ``sparsifiers.masked`` the machinery of masked methods,
+``sparsifiers.masks`` the exact-count top-k, ``sparsifiers.selection`` the
+layer selection, ``sparsifiers.optimizer_state`` what a method may do to
+optimizer state, and ``sparsifiers.registry`` how third-party methods plug in.
 """
 
-from sparsifiers.base import MaskedSparsifier, Sparsifier, TrainingContext, prunable_layers
+from sparsifiers.base import Sparsifier, TrainingContext, sparsity_report
+from sparsifiers.config import ConfigError
+from sparsifiers.masked import MaskedSparsifier, MaskedTensors
+from sparsifiers.masks import global_topk_masks, layer_topk_masks, topk_mask
 from sparsifiers.optimizer_state import reset_entries, reset_state
 from sparsifiers.registry import available_sparsifiers, build_sparsifier, register_sparsifier, sparsifier_class
+from sparsifiers.selection import LayerSelection, prunable_layers
 
 __all__ = [
+    "ConfigError",
+    "LayerSelection",
     "MaskedSparsifier",
+    "MaskedTensors",
     "Sparsifier",
     "TrainingContext",
     "available_sparsifiers",
     "build_sparsifier",
+    "global_topk_masks",
+    "layer_topk_masks",
     "prunable_layers",
     "register_sparsifier",
-    "sparsifier_class",
     "reset_entries",
     "reset_state",
+    "sparsifier_class",
+    "sparsity_report",
+    "topk_mask",
 ]

@@ -9,8 +9,8 @@ whole run, turned into steps so it fits any run length)::
     decompressed phase
     [total - final_compressed_length, total)   final compressed phase
 
-With epochs (10, 5, 5, 15) over 100 epochs this is the ImageNet schedule of
-methods.md (compressed 10-14, ..., 70-74; decompressed 15-19, ..., 65-69 and
+With epochs (10, 5, 5, 15) over 100 epochs this is the paper's ImageNet
+schedule (compressed 10-14, ..., 70-74; decompressed 15-19, ..., 65-69 and
 75-84; final 85-99); with (10, 20, 20, 30) over 200 epochs the CIFAR one.
 The run always ends compressed.
 
@@ -35,13 +35,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext, config_number
-from sparsifiers.distributions import active_counts
+from sparsifiers.config import ConfigError, choice, number
+from sparsifiers.masked import MaskedSparsifier
+from sparsifiers.masks import global_topk_masks, layer_topk_masks
 from sparsifiers.optimizer_state import reset_state
 from sparsifiers.registry import register_sparsifier
 
 DENSE, COMPRESSED, DECOMPRESSED = "dense", "compressed", "decompressed"
 SCHEDULE_UNITS = ("epochs", "fraction")
+LENGTH_KEYS = ("dense_warmup", "compressed_length", "decompressed_length", "final_compressed_length")
 
 
 @register_sparsifier("acdc")
@@ -49,32 +51,23 @@ class ACDCSparsifier(MaskedSparsifier):
     """AC/DC with a warm-up / alternating / final-compressed schedule and global magnitude pruning."""
 
     name = "acdc"
+    selection_defaults = {"sparsity": 0.9, "distribution": "global"}
     distributions = ("global", "uniform", "erk")
 
-    def __init__(self, sparsity: float = 0.9, distribution: str = "global", dense_first: bool | None = None,
-                 dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None,
-                 schedule_unit: str = "fraction", dense_warmup: float = 0.1, compressed_length: float = 0.05,
-                 decompressed_length: float = 0.05, final_compressed_length: float = 0.15):
-        super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
-                         dense_last=dense_last, power_scale=power_scale, seed=seed)
-        if schedule_unit not in SCHEDULE_UNITS:
-            raise ValueError(f"sparsifier.schedule_unit must be one of [{', '.join(SCHEDULE_UNITS)}], "
-                             f"got {schedule_unit!r}")
-        lengths = {"dense_warmup": dense_warmup, "compressed_length": compressed_length,
-                   "decompressed_length": decompressed_length,
-                   "final_compressed_length": final_compressed_length}
-        lengths = {key: config_number(key, value) for key, value in lengths.items()}
-        for key, value in lengths.items():
-            if value < 0 or (schedule_unit == "fraction" and value > 1):
-                allowed = "in [0, 1] (a fraction of the run)" if schedule_unit == "fraction" else ">= 0 (epochs)"
-                raise ValueError(f"sparsifier.{key} must be {allowed}, got {value}")
+    def __init__(self, schedule_unit: str = "fraction", dense_warmup: float = 0.1, compressed_length: float = 0.05,
+                 decompressed_length: float = 0.05, final_compressed_length: float = 0.15, **selection):
+        super().__init__(**selection)
+        self.schedule_unit = choice("schedule_unit", schedule_unit, SCHEDULE_UNITS)
+        given = dict(zip(LENGTH_KEYS, (dense_warmup, compressed_length, decompressed_length,
+                                       final_compressed_length)))
+        high = 1.0 if schedule_unit == "fraction" else None
+        self.lengths = {key: float(number(key, value, low=0.0, high=high)) for key, value in given.items()}
         for key in ("compressed_length", "final_compressed_length"):
-            if float(lengths[key]) == 0:
-                raise ValueError(f"sparsifier.{key} must be > 0, got 0")
-        self.schedule_unit = schedule_unit
-        self.lengths = {key: float(value) for key, value in lengths.items()}
+            if self.lengths[key] == 0:
+                raise ConfigError(f"sparsifier.{key} must be > 0, got 0")
         self.phase = DENSE
         self.phase_bounds: dict[str, int] = {}
+        self.compressed_densities: dict[str, torch.Tensor] = {}  # the last compression's layer densities (global)
 
     # ---- schedule ------------------------------------------------------------------
     def _steps(self, length: float) -> int:
@@ -92,7 +85,7 @@ class ACDCSparsifier(MaskedSparsifier):
         final_start = total - final
         if final_start < warmup:
             unit = "epochs" if self.schedule_unit == "epochs" else "of the run"
-            raise ValueError(
+            raise ConfigError(
                 f"sparsifier.dense_warmup + sparsifier.final_compressed_length "
                 f"({self.lengths['dense_warmup']:g} + {self.lengths['final_compressed_length']:g} {unit}) "
                 f"exceed the run ({self.context.epochs} epochs); shorten them or use sparsifier.schedule_unit=fraction")
@@ -112,6 +105,9 @@ class ACDCSparsifier(MaskedSparsifier):
             return DECOMPRESSED if b["cycles"] else DENSE
         offset = (step - b["warmup_end"]) % (b["compressed"] + b["decompressed"])
         return COMPRESSED if offset < b["compressed"] else DECOMPRESSED
+
+    def trains_dense(self, step: int) -> bool:
+        return self.phase_at(step) != COMPRESSED
 
     def phase_starts(self, unit: str = "steps") -> list[tuple[int, str]]:
         """``(start, phase)`` of every phase, in steps or (``unit="epochs"``) fractional epochs."""
@@ -135,58 +131,41 @@ class ACDCSparsifier(MaskedSparsifier):
         return sorted(p for p in points if 0 <= p < b["total"])
 
     # ---- set-up ----------------------------------------------------------------------
-    def attach(self, model: nn.Module, context: TrainingContext) -> None:
+    def attach(self, model: nn.Module, context) -> None:
         super().attach(model, context)
         self._build_schedule()
-        masked = {f"{name}.weight" for name in self.masked_layer_names()}
-        if self.distribution == "global":
-            self.target_density_by_name = {key: (1.0 - self.sparsity if key in masked else 1.0)
-                                           for key in self.layer_shapes()}
-        else:
-            self.compute_target_densities()
         self.phase = DENSE
-        self.masking_enabled = False
         self._enter(self.phase_at(0))
+
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        return {}  # the run starts dense; the schedule compresses
 
     # ---- phase changes -----------------------------------------------------------------
     @torch.no_grad()
     def magnitude_masks(self) -> dict[str, torch.Tensor]:
         """Keep the largest-|w| entries: globally (exact total count) or per layer (exact layer counts)."""
-        keys = [f"{name}.weight" for name in self.masked_layer_names()]
+        keys = self.masked_keys
         if not keys:
             return {}
-        if self.distribution == "global":
-            scores = [self.weight(key).detach().abs().flatten() for key in keys]
-            sizes = [s.numel() for s in scores]
-            total = sum(sizes)
-            keep = total - round(self.sparsity * total)
-            flat = torch.zeros(total, dtype=torch.bool, device=scores[0].device)
-            flat[torch.topk(torch.cat(scores), keep, sorted=False).indices] = True
-            return {key: part.view_as(self.weight(key)) for key, part in zip(keys, flat.split(sizes))}
-        counts = active_counts(self.layer_shapes(), self.target_density_by_name)
-        masks = {}
-        for key in keys:
-            if self.target_density_by_name[key] >= 1.0:
-                continue
-            score = self.weight(key).detach().abs().flatten()
-            flat = torch.zeros_like(score, dtype=torch.bool)
-            flat[torch.topk(score, counts[key], sorted=False).indices] = True
-            masks[key] = flat.view_as(self.weight(key))
-        return masks
+        if self.selection.distribution == "global":
+            scores = {key: self.tensors.get(key).detach().abs() for key in keys}
+            total = sum(s.numel() for s in scores.values())
+            return global_topk_masks(scores, total - round(self.selection.sparsity * total))
+        counts = self.target_counts()
+        scores = {key: self.tensors.get(key).detach().abs() for key in keys
+                  if self.target_density_by_name[key] < 1.0}
+        return layer_topk_masks(scores, counts)
 
     @torch.no_grad()
     def _enter(self, phase: str) -> None:
         if phase == self.phase:
             return
         if phase == COMPRESSED:
-            self.mask_by_name = self.magnitude_masks()
-            self.masking_enabled = True
-            self.apply_masks()
-            self.mask_gradients()
-            for key, mask in self.mask_by_name.items():
-                self.zero_state(key, keep=mask)
+            self.set_masks(self.magnitude_masks(), reset_pruned_state=True)
+            if self.selection.distribution == "global":  # device tensors: read at report time, no sync here
+                self.compressed_densities = {key: mask.float().mean() for key, mask in self.mask_by_name.items()}
         elif self.phase == COMPRESSED:  # decompression: all-ones mask, the optimizer as if freshly created
-            self.masking_enabled = False
+            self.set_masks({})
             reset_state(self.optimizer)
         self.phase = phase
 
@@ -203,18 +182,16 @@ class ACDCSparsifier(MaskedSparsifier):
 
     def target_densities(self) -> dict[str, float]:
         """Per-layer targets. Under ``global`` only the total is fixed: every masked layer shows
-        ``1 - sparsity`` until the first compression, then the densities that compression chose."""
-        densities = super().target_densities()
-        if self.distribution == "global" and self.mask_by_name:
-            densities.update({key: float(mask.float().mean()) for key, mask in self.mask_by_name.items()})
-        return densities
+        ``1 - sparsity`` until the first compression, then the densities the last compression chose."""
+        return {**super().target_densities(), **{k: float(v) for k, v in self.compressed_densities.items()}}
 
     def extra_metrics(self) -> dict[str, Any]:
         return {"acdc_phase": self.phase}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "phase": self.phase}
+        return {**super().state_dict(), "phase": self.phase, "compressed_densities": dict(self.compressed_densities)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.phase = state.get("phase", COMPRESSED if self.masking_enabled else DENSE)
+        self.phase = state["phase"]
+        self.compressed_densities = {k: torch.as_tensor(v) for k, v in state.get("compressed_densities", {}).items()}

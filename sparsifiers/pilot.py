@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext, sparsity_report
+from sparsifiers.base import sparsity_report
+from sparsifiers.config import ConfigError, number
+from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import (add_product, pin_masked_factors,
-                                            plain_state_dict, projection_masks, set_projection_targets)
+from sparsifiers.reparameterization import FactorTensors, add_product, pin_masked_factors, projection_masks
 
 log = logging.getLogger("ham_bench")
 
@@ -36,7 +37,7 @@ class PILoT(MaskedSparsifier):
       ``parametrize`` product shared with Sign-In), initialised balanced at
       gamma = m^2 - w^2 = 1 with theta = the layer's initial weight, and
       never re-balanced (the decay of gamma is the mechanism).
-    - Decay: m and w form one optimizer group (``parameter_group_overrides``)
+    - Decay: m and w form one optimizer group (``parameter_groups``)
       whose ``weight_decay`` is alpha_t, replacing the base weight decay for
       them (coupled decay, as the optimizer applies it; HAM, if on, treats
       them like any weight). ``alpha_init`` default 5e-4.
@@ -75,38 +76,31 @@ class PILoT(MaskedSparsifier):
       as for ``global``; ``dense_last`` false).
 
     Before the pruning there are no masks (``masks()`` is empty).
-    ``effective_weights()`` is m * w; ``plain_state_dict()`` merges it for
-    export. ``extra_metrics()`` gives ``pilot_alpha``, ``pilot_l1_norm``,
+    ``effective_weights()`` is m * w (the parametrized weight). ``extra_metrics()`` gives ``pilot_alpha``, ``pilot_l1_norm``,
     ``pilot_l1_target`` and ``pilot_pruned``; target and achieved sparsity
     are in the log line and the trainer's rows. Doubles the masked layers'
     parameters.
     """
 
     name = "pilot"
-    reparameterizes_weights = True
+    selection_defaults = {"sparsity": 0.9, "distribution": "global"}
     distributions = ("global", "uniform", "erk")
+    reparameterizes_weights = True
 
-    def __init__(self, sparsity: float = 0.9, alpha_init: float = 5e-4, delta: float = 1.2,
-                 alpha_min: float = 1e-6, alpha_max: float = 1e-2, l1_target_ratio: float | None = None,
-                 prune_at: float = 0.9, distribution: str = "global", dense_first: bool | None = None,
-                 dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None):
-        super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
-                         dense_last=dense_last, power_scale=power_scale, seed=seed)
-        if float(delta) <= 1.0:
-            raise ValueError(f"sparsifier.delta must be > 1, got {delta}")
-        if not 0.0 <= float(alpha_min) <= float(alpha_init) <= float(alpha_max):
-            raise ValueError(f"sparsifier.alpha_init must lie in [alpha_min, alpha_max], got {alpha_init} "
-                             f"outside [{alpha_min}, {alpha_max}]")
-        if not 0.0 < float(prune_at) <= 1.0:
-            raise ValueError(f"sparsifier.prune_at must be in (0, 1], got {prune_at}")
-        if l1_target_ratio is not None and float(l1_target_ratio) <= 0:
-            raise ValueError(f"sparsifier.l1_target_ratio must be > 0 or null, got {l1_target_ratio}")
-        self.alpha = float(alpha_init)
-        self.delta = float(delta)
-        self.alpha_min = float(alpha_min)
-        self.alpha_max = float(alpha_max)
-        self.l1_target_ratio = None if l1_target_ratio is None else float(l1_target_ratio)
-        self.prune_at = float(prune_at)
+    def __init__(self, alpha_init: float = 5e-4, delta: float = 1.2, alpha_min: float = 1e-6,
+                 alpha_max: float = 1e-2, l1_target_ratio: float | None = None, prune_at: float = 0.9,
+                 **selection):
+        super().__init__(**selection)
+        self.delta = float(number("delta", delta, low=1.0, low_open=True))
+        self.alpha_min = float(number("alpha_min", alpha_min, low=0.0))
+        self.alpha_max = float(number("alpha_max", alpha_max, low=0.0))
+        self.alpha = float(number("alpha_init", alpha_init, low=0.0))
+        if not self.alpha_min <= self.alpha <= self.alpha_max:
+            raise ConfigError(f"sparsifier.alpha_init must lie in [alpha_min, alpha_max], got {alpha_init} "
+                              f"outside [{alpha_min}, {alpha_max}]")
+        self.prune_at = float(number("prune_at", prune_at, low=0.0, high=1.0, low_open=True))
+        self.l1_target_ratio = (None if l1_target_ratio is None
+                                else float(number("l1_target_ratio", l1_target_ratio, low=0.0, low_open=True)))
         self.factors: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
         self.l1_target = 0.0
         self.previous_acc: float | None = None
@@ -114,12 +108,17 @@ class PILoT(MaskedSparsifier):
         self.pruned = False
 
     # ---- set-up -----------------------------------------------------------------
-    def attach(self, model: nn.Module, context: TrainingContext) -> None:
+    def attach(self, model: nn.Module, context) -> None:
         super().attach(model, context)
-        for name in self.masked_layer_names():
-            self.factors[f"{name}.weight"] = add_product(self.layers[name])
-        set_projection_targets(self)
+        for key in self.masked_keys:
+            self.factors[key] = add_product(self.layers[key.rsplit(".", 1)[0]])
         self.l1_target = self._initial_l1_target()
+
+    def default_tensors(self) -> MaskedTensors:
+        return FactorTensors(self.layers, self.factors)
+
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        return {}  # the decay sparsifies; magnitude pruning at prune_at makes it exact
 
     @torch.no_grad()
     def _initial_l1_target(self) -> float:
@@ -131,11 +130,7 @@ class PILoT(MaskedSparsifier):
         masks = projection_masks(self, thetas)
         return sum(float((t * masks[k] if k in masks else t).sum(dtype=torch.float64)) for k, t in thetas.items())
 
-    def weight(self, key: str) -> torch.Tensor:
-        pair = self.factors.get(key)
-        return pair[1] if pair is not None else self.layers[key.rsplit(".", 1)[0]].weight
-
-    def parameter_group_overrides(self) -> list[dict[str, Any]]:
+    def parameter_groups(self) -> list[dict[str, Any]]:
         params = [p for pair in self.factors.values() for p in pair]
         return [{"params": params, "weight_decay": self.alpha}] if params else []
 
@@ -146,9 +141,8 @@ class PILoT(MaskedSparsifier):
         mixed = [g for g in groups if not all(id(p) in factor_ids for p in g["params"])]
         if factor_ids and (not groups or mixed):
             raise ValueError("PILoT needs its m and w factors in their own optimizer group: build the "
-                             "optimizer with sparsifier.parameter_group_overrides()")
+                             "optimizer with sparsifier.parameter_groups()")
         self._set_alpha(self.alpha)
-
     def decay_groups(self) -> list[dict]:
         """The optimizer groups holding m and w, looked up each time (``optimizer.load_state_dict`` replaces them)."""
         if self.optimizer is None:
@@ -178,7 +172,7 @@ class PILoT(MaskedSparsifier):
     def l1_norm(self) -> float:
         return sum(float((m * w).abs().sum(dtype=torch.float64)) for m, w in self.factors.values())
 
-    def on_epoch_end(self, epoch: int, stats: dict[str, float] | None = None) -> None:
+    def on_epoch_end(self, epoch: int, stats=None) -> None:
         acc = None if stats is None else stats.get("train_acc")
         l1 = self.l1_norm()
         rose = acc is not None and (self.previous_acc is None or acc > self.previous_acc)
@@ -199,27 +193,15 @@ class PILoT(MaskedSparsifier):
     def prune(self) -> None:
         """Global magnitude pruning of m * w to exactly the target over the masked layers; the mask stays fixed."""
         masks = projection_masks(self, {key: (m * w).abs() for key, (m, w) in self.factors.items()})
-        self.mask_by_name = masks
-        self.masking_enabled = True
-        self.apply_masks()
-        for key, mask in masks.items():
-            self.zero_state(key, keep=mask)
+        self.set_masks(masks, reset_pruned_state=True)
         pin_masked_factors(self.factors, masks, self.optimizer)
         self.pruned = True
 
-    # ---- reports and export ------------------------------------------------------
-    @torch.no_grad()
-    def effective_weights(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.weight": m.weight.detach() for name, m in self.layers.items()}
-
+    # ---- reports ------------------------------------------------------------------
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, Any]:
         return {"pilot_alpha": self.alpha, "pilot_l1_norm": self.last_l1, "pilot_l1_target": self.l1_target,
                 "pilot_pruned": self.pruned}
-
-    def plain_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with m * w merged into ``<layer>.weight`` (loads into the plain model)."""
-        return plain_state_dict(self.model)
 
     # ---- checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

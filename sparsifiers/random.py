@@ -4,7 +4,8 @@ Masks hit exact per-layer counts (``round(density * numel)``) by a seeded
 shuffle; the per-layer densities come from ``uniform`` or ``erk``
 (``sparsifiers.distributions``). Masked weights are zeroed at attach, their
 gradients after every backward and the weights again after every optimizer
-step, so they stay exactly zero under momentum, weight decay and HAM.
+step, so they stay exactly zero under momentum, weight decay and HAM. All of
+this is ``MaskedSparsifier``'s default behaviour; this class names it.
 
 Choices (each a config key): ``distribution`` defaults to ``erk`` (all conv
 and linear layers masked); with ``uniform`` the first conv stays dense unless
@@ -13,11 +14,7 @@ and linear layers masked); with ``uniform`` the first conv stays dense unless
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from sparsifiers.base import MaskedSparsifier, TrainingContext
-from sparsifiers.distributions import DISTRIBUTIONS
+from sparsifiers.masked import MaskedSparsifier
 from sparsifiers.registry import register_sparsifier
 
 
@@ -26,16 +23,3 @@ class RandomSparsifier(MaskedSparsifier):
     """Random PaI with uniform or ERK layer-wise densities and exact-count masks."""
 
     name = "random"
-    distributions = DISTRIBUTIONS
-
-    def __init__(self, sparsity: float = 0.9, distribution: str = "erk", dense_first: bool | None = None,
-                 dense_last: bool = False, power_scale: float = 1.0, seed: int | None = None):
-        super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
-                         dense_last=dense_last, power_scale=power_scale, seed=seed)
-
-    @torch.no_grad()
-    def attach(self, model: nn.Module, context: TrainingContext) -> None:
-        super().attach(model, context)
-        self.compute_target_densities()
-        self.draw_random_masks()
-        self.apply_masks()

@@ -10,8 +10,9 @@ untouched. We use parametrize rather than forward pre-hooks (the approach of
 reports, sign-flip counts, evaluation, export) then sees the computed weight,
 with no stale copy kept between forwards, and it works for any module type.
 
-Also here: the exact-count magnitude projection used by STR's final
-projection and PILoT's final pruning, and helpers that turn a reparameterized
+Also here: ``FactorTensors`` (what a masked method masks on an m * w layer),
+the exact-count magnitude projection used by STR's final projection and
+PILoT's final pruning, and helpers that turn a reparameterized
 model back into a plain one (``plain_state_dict``, ``remove_reparameterizations``).
 """
 
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparsifiers.masked import MaskedTensors
+from sparsifiers.masks import global_topk_masks, layer_topk_masks
 from sparsifiers.optimizer_state import reset_entries
 
 
@@ -54,6 +57,23 @@ def add_product(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
 def product_factors(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
     container = layer.parametrizations.weight
     return container.original0, container.original1
+
+
+class FactorTensors(MaskedTensors):
+    """What a masked method masks for a layer reparameterized as m * w: the factor w (which carries the sign;
+    w = 0 gives theta = 0); its optimizer-state resets act on both factors."""
+
+    def __init__(self, layers, factors: dict[str, tuple[nn.Parameter, nn.Parameter]]):
+        super().__init__(layers)
+        self.factors = factors
+
+    def get(self, key: str) -> torch.Tensor:
+        pair = self.factors.get(key)
+        return pair[1] if pair is not None else super().get(key)
+
+    def reset_entries(self, optimizer, key: str, keep: torch.Tensor | None = None) -> None:
+        for tensor in self.factors.get(key, (super().get(key),)):
+            reset_entries(optimizer, tensor, keep)
 
 
 @torch.no_grad()
@@ -98,23 +118,6 @@ def remove_reparameterizations(model: nn.Module) -> None:
 
 # ---- exact-count magnitude projection ---------------------------------------------------------
 @torch.no_grad()
-def global_magnitude_masks(scores: dict[str, torch.Tensor], zeros: int) -> dict[str, torch.Tensor]:
-    """Bool masks that keep the largest ``scores`` over all tensors, with exactly ``zeros`` False entries.
-
-    Ties are broken by ``torch.topk``, so the count is exact even when many
-    scores are equal (e.g. STR's thresholded zeros).
-    """
-    total = sum(s.numel() for s in scores.values())
-    if not 0 <= zeros <= total:
-        raise ValueError(f"cannot prune {zeros} of {total} weights")
-    flat = torch.cat([s.detach().flatten().float() for s in scores.values()])
-    keep = torch.zeros(total, dtype=torch.bool, device=flat.device)
-    keep[torch.topk(flat, total - zeros, sorted=False).indices] = True
-    parts = keep.split([s.numel() for s in scores.values()])
-    return {key: part.view_as(s) for (key, s), part in zip(scores.items(), parts)}
-
-
-@torch.no_grad()
 def projection_masks(sparsifier, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Exact-count masks keeping the largest ``scores`` of a ``MaskedSparsifier``'s masked layers.
 
@@ -123,29 +126,12 @@ def projection_masks(sparsifier, scores: dict[str, torch.Tensor]) -> dict[str, t
     a top-k per layer at its target count (``active_counts`` of
     ``target_density_by_name``; layers at density 1 get no mask).
     """
-    if sparsifier.distribution == "global":
+    if sparsifier.selection.distribution == "global":
         total = sum(s.numel() for s in scores.values())
-        return global_magnitude_masks(scores, round(sparsifier.sparsity * total))
+        return global_topk_masks(scores, total - round(sparsifier.selection.sparsity * total))
     counts = sparsifier.target_counts()
-    masks = {}
-    for key, score in scores.items():
-        if sparsifier.target_density_by_name[key] >= 1.0:
-            continue
-        flat = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
-        flat[torch.topk(score.detach().flatten().float(), counts[key], sorted=False).indices] = True
-        masks[key] = flat.view_as(score)
-    return masks
-
-
-def set_projection_targets(sparsifier) -> None:
-    """``target_density_by_name`` of a projected method: ``1 - sparsity`` on every masked layer under
-    ``global`` (only the total is fixed, as AC/DC reports it), else the distribution's densities."""
-    if sparsifier.distribution == "global":
-        masked = {f"{name}.weight" for name in sparsifier.masked_layer_names()}
-        sparsifier.target_density_by_name = {key: (1.0 - sparsifier.sparsity if key in masked else 1.0)
-                                             for key in sparsifier.layer_shapes()}
-    else:
-        sparsifier.compute_target_densities()
+    return layer_topk_masks({key: score for key, score in scores.items()
+                             if sparsifier.target_density_by_name[key] < 1.0}, counts)
 
 
 @torch.no_grad()

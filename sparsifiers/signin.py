@@ -9,16 +9,20 @@ decided by the inner method (Random PaI, AC/DC or RigL: the "+Sign-In" rows).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from sparsifiers.base import Sparsifier, TrainingContext
-from sparsifiers.optimizer_state import reset_entries, reset_state
+from sparsifiers.base import Sparsifier
+from sparsifiers.config import ConfigError, choice, number
+from sparsifiers.masked import MaskedSparsifier, MaskedTensors
+from sparsifiers.optimizer_state import reset_state
 from sparsifiers.registry import build_sparsifier, register_sparsifier
-from sparsifiers.reparameterization import (add_product, pin_masked_factors, plain_state_dict, rebalance_,
+from sparsifiers.selection import LayerSelection
+from sparsifiers.reparameterization import (FactorTensors, add_product, pin_masked_factors, rebalance_,
                                             remove_reparameterizations)
 
 log = logging.getLogger("ham_bench")
@@ -39,9 +43,10 @@ class SignIn(Sparsifier):
     ``sparsifier.sparsity=0.8`` reaches it. Every hook delegates to the inner
     method; Sign-In adds the reparameterization and the re-balancing.
 
-    What the inner method sees: its ``weight(key)`` is redirected to the
-    factor ``w`` and its ``zero_state(key, keep)`` to the state of both m and
-    w, so masks, gradient masks and zero-init act on w (masked entries:
+    What the inner method sees: Sign-In injects ``FactorTensors`` as its
+    ``tensors`` before it attaches, so its ``tensors.get(key)`` is the factor
+    ``w`` and its ``tensors.reset_entries`` resets the state of both m and w:
+    masks, gradient masks and zero-init act on w (masked entries:
     w = 0, hence theta = 0) and state resets on both factors. Magnitude
     criteria (AC/DC's top-k, RigL's drop) rank |w|, which at equal gamma is a
     strictly increasing function of |theta| (w^2 = (sqrt(1 + 4 theta^2) - 1) / 2
@@ -76,9 +81,9 @@ class SignIn(Sparsifier):
     The forward weight is ``layer.weight = m * w`` (a ``parametrize``
     parametrization), so training, evaluation, sparsity and sign flips all
     use the merged weight; ``effective_weights()`` returns it.
-    ``plain_state_dict()`` gives a state dict of the plain architecture with
-    m * w merged (export), ``merge()`` turns the model back into a plain one
-    in place (end of training: the optimizer's factors are gone afterwards).
+    ``reparameterization.plain_state_dict(model)`` gives a state dict of the
+    plain architecture with m * w merged (export), ``merge()`` turns the model
+    back into a plain one in place (end of training: the optimizer's factors are gone afterwards).
     ``extra_metrics()`` adds ``signin_rebalances`` and ``signin_gamma_mean``
     (mean m^2 - w^2 after the epoch's last step, before its re-balance) to
     the inner method's.
@@ -92,62 +97,59 @@ class SignIn(Sparsifier):
                  rebalance_unit: str = "epoch", reset_momentum_on_rebalance: bool = False,
                  sparsity: float | None = None, distribution: str | None = None, dense_first: bool | None = None,
                  dense_last: bool | None = None, power_scale: float | None = None, seed: int | None = None):
-        if int(rebalance_period) < 1:
-            raise ValueError(f"sparsifier.rebalance_period must be >= 1, got {rebalance_period}")
-        if rebalance_unit not in ("epoch", "step"):
-            raise ValueError(f"sparsifier.rebalance_unit must be one of epoch, step, got {rebalance_unit!r}")
+        self.rebalance_period = int(number("rebalance_period", rebalance_period, int, low=1))
+        self.rebalance_unit = choice("rebalance_unit", rebalance_unit, ("epoch", "step"))
         shared = {"sparsity": sparsity, "distribution": distribution, "dense_first": dense_first,
                   "dense_last": dense_last, "power_scale": power_scale, "seed": seed}
         self.inner = build_inner(inner, inner_kwargs, {k: v for k, v in shared.items() if v is not None})
-        super().__init__(sparsity=self.inner.sparsity, dense_first=self.inner.dense_first,
-                         dense_last=self.inner.dense_last, power_scale=self.inner.power_scale, seed=self.inner.seed)
-        self.distribution = self.inner.distribution  # any the inner method accepts (acdc: global)
+        super().__init__()
+        self.selection = self.inner.selection  # the inner method's layers and sparsity are Sign-In's
         self.name = f"{self.inner.name}+signin"
-        self.rebalance_period = int(rebalance_period)
-        self.rebalance_unit = rebalance_unit
         self.reset_momentum_on_rebalance = bool(reset_momentum_on_rebalance)
         self.factors: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
         self.rebalances = 0
         self.last_gamma_mean: float | None = None
+        self._epoch_end_gamma: torch.Tensor | None = None
 
     # ---- set-up -----------------------------------------------------------------
-    def attach(self, model: nn.Module, context: TrainingContext) -> None:
+    def attach(self, model: nn.Module, context) -> None:
         super().attach(model, context)
-        self.inner.layers = self.layers  # so it can name its masked layers before its own attach
-        for name in self.inner.masked_layer_names():
-            self.factors[f"{name}.weight"] = add_product(self.layers[name])
-        if callable(getattr(self.inner, "weight", None)):  # the redirect (see base.py: the Sign-In contract)
-            self.inner.weight = self.weight
-            self.inner.zero_state = self.zero_state
+        for key in self.masked_keys:
+            self.factors[key] = add_product(self.layers[key.rsplit(".", 1)[0]])
+        if isinstance(self.inner, MaskedSparsifier):  # injection: the inner method masks w
+            self.inner.tensors = FactorTensors(self.layers, self.factors)
         self.inner.attach(model, context)
         self.rebalance()  # entries the inner method masked at attach: theta = 0 -> m = 1, w = 0
         self.rebalances = 0  # count the scheduled ones only
         pin_masked_factors(self.factors, self.inner.masks(), self.optimizer)
 
-    def weight(self, key: str) -> torch.Tensor:
-        """The tensor the inner method treats as ``<layer>.weight``: the factor w where reparameterized."""
-        pair = self.factors.get(key)
-        return pair[1] if pair is not None else self.layers[key.rsplit(".", 1)[0]].weight
-
-    def zero_state(self, key: str, keep: torch.Tensor | None = None) -> None:
-        """Zero the optimizer state of ``key``'s weight where ``keep`` is False: both factors where reparameterized."""
-        pair = self.factors.get(key)
-        for tensor in pair if pair is not None else (self.weight(key),):
-            reset_entries(self.optimizer, tensor, keep)
-
-    def parameter_group_overrides(self) -> list[dict[str, Any]]:
-        return self.inner.parameter_group_overrides()
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return self.inner.parameter_groups()
 
     def bind_optimizer(self, optimizer) -> None:
         super().bind_optimizer(optimizer)
         self.inner.bind_optimizer(optimizer)
 
+    # ---- declared properties: the inner method's ------------------------------------
+    @property
+    def unused_parameters_under_ddp(self) -> bool:
+        return self.inner.unused_parameters_under_ddp
+
+    def needs_dense_gradient(self, step: int) -> bool:
+        return self.inner.needs_dense_gradient(step)
+
+    def skips_optimizer_step(self, step: int) -> bool:
+        return self.inner.skips_optimizer_step(step)
+
+    def trains_dense(self, step: int) -> bool:
+        return self.inner.trains_dense(step)
+
     # ---- per step ----------------------------------------------------------------
     def mask_gradients(self) -> None:
         self.inner.mask_gradients()  # on w; m's gradient g * w is already 0 where w = 0
 
-    def before_step(self, step: int) -> bool:
-        return self.inner.before_step(step)
+    def before_step(self, step: int, dense_gradients=None) -> None:
+        self.inner.before_step(step, dense_gradients)
 
     def after_step(self, step: int) -> None:
         # Re-balance BEFORE the inner method's own after_step, which may re-mask by magnitude (AC/DC
@@ -156,7 +158,7 @@ class SignIn(Sparsifier):
             if (step + 1) % self.rebalance_period == 0:
                 self.rebalance()
         elif (step + 1) % self.context.steps_per_epoch == 0:  # the last step of an epoch
-            self.last_gamma_mean = self.gamma_mean()  # one host sync per epoch
+            self._epoch_end_gamma = self.gamma_sum()  # before its re-balance; read in on_epoch_end (no sync here)
             if ((step + 1) // self.context.steps_per_epoch) % self.rebalance_period == 0:
                 self.rebalance()
         self.inner.after_step(step)
@@ -168,8 +170,8 @@ class SignIn(Sparsifier):
         pin_masked_factors(self.factors, self.inner.masks(), self.optimizer)
 
     def on_epoch_end(self, epoch: int, stats: dict[str, float] | None = None) -> None:
-        if self.rebalance_unit == "step":
-            self.last_gamma_mean = self.gamma_mean()
+        gamma = self.gamma_sum() if self.rebalance_unit == "step" else self._epoch_end_gamma
+        self.last_gamma_mean = self._mean(gamma)
         self.inner.on_epoch_end(epoch, stats)
         pin_masked_factors(self.factors, self.inner.masks(), self.optimizer)
         log.info("Sign-In epoch %d: mean gamma %.4f at the end of the epoch (before its re-balance), "
@@ -185,19 +187,26 @@ class SignIn(Sparsifier):
         self.rebalances += 1
 
     @torch.no_grad()
-    def gamma_mean(self) -> float:
+    def gamma_sum(self) -> torch.Tensor | None:
+        """Sum of m^2 - w^2 over every factor pair, on the device (None without factors)."""
+        if not self.factors:
+            return None
+        return sum((m * m - w * w).sum(dtype=torch.float64) for m, w in self.factors.values())
+
+    def _mean(self, gamma_sum) -> float:
         total = sum(m.numel() for m, _ in self.factors.values())
-        if not total:
-            return 0.0
-        return float(sum((m * m - w * w).sum(dtype=torch.float64) for m, w in self.factors.values())) / total
+        return float(gamma_sum) / total if total and gamma_sum is not None else 0.0
+
+    def gamma_mean(self) -> float:
+        """Mean m^2 - w^2 now (a host sync)."""
+        return self._mean(self.gamma_sum())
 
     # ---- reports and export ------------------------------------------------------
-    @torch.no_grad()
-    def effective_weights(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.weight": m.weight.detach() for name, m in self.layers.items()}
-
     def masks(self) -> dict[str, torch.Tensor]:
         return self.inner.masks()
+
+    def masked_tensors(self) -> dict[str, torch.Tensor]:
+        return self.inner.masked_tensors()
 
     def extra_metrics(self) -> dict[str, Any]:
         return {**self.inner.extra_metrics(), "signin_rebalances": self.rebalances,
@@ -206,16 +215,12 @@ class SignIn(Sparsifier):
     def target_densities(self) -> dict[str, float]:
         return self.inner.target_densities()
 
-    def plain_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with m * w merged into ``<layer>.weight`` (loads into the plain model)."""
-        return plain_state_dict(self.model)
-
     def merge(self) -> None:
         """Replace every m * w by one plain weight Parameter, in place; training with this sparsifier ends."""
         remove_reparameterizations(self.model)
         self.factors = {}
-        self.inner.__dict__.pop("weight", None)
-        self.inner.__dict__.pop("zero_state", None)
+        if isinstance(self.inner, MaskedSparsifier):
+            self.inner.tensors = MaskedTensors(self.layers)
 
     # ---- checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -233,19 +238,20 @@ def build_inner(inner, inner_kwargs: Mapping[str, Any] | None, shared: Mapping[s
     """The inner masked method from a name, a config mapping or an instance; ``shared`` keys win."""
     if isinstance(inner, Sparsifier):
         built = inner
-        for key, value in shared.items():
-            setattr(built, key, value)
+        if shared:
+            given = {**dataclasses.asdict(built.selection), **shared}
+            built.selection = LayerSelection.from_settings(given, {}, built.distributions)
     else:
         if isinstance(inner, str):
             cfg: dict[str, Any] = {"name": inner}
         elif isinstance(inner, Mapping):
             cfg = dict(inner)
         else:
-            raise ValueError(f"sparsifier.inner must be a method name or a config mapping, got {inner!r}")
+            raise ConfigError(f"sparsifier.inner must be a method name or a config mapping, got {inner!r}")
         cfg.update(dict(inner_kwargs or {}))
         cfg.update(shared)
         built = build_sparsifier(cfg)
-    if getattr(built, "reparameterizes_weights", False):
-        raise ValueError(f"sparsifier.inner={getattr(built, 'name', inner)!r} reparameterizes its weights itself; "
+    if built.reparameterizes_weights:
+        raise ConfigError(f"sparsifier.inner={getattr(built, 'name', inner)!r} reparameterizes its weights itself; "
                          "Sign-In composes with masked methods (random, acdc, rigl) or dense")
     return built

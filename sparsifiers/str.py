@@ -20,9 +20,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsifiers.base import MaskedSparsifier, TrainingContext, sparsity_report
+from sparsifiers.base import sparsity_report
+from sparsifiers.config import number
+from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import plain_state_dict, projection_masks, set_projection_targets
+from sparsifiers.reparameterization import projection_masks
 
 log = logging.getLogger("ham_bench")
 
@@ -39,6 +41,16 @@ class SoftThresholdWeight(nn.Module):
         if self.projected:
             return weight
         return torch.sign(weight) * torch.relu(weight.abs() - torch.sigmoid(self.s))
+
+
+class ThresholdedTensors(MaskedTensors):
+    """What STR masks and scores: the raw W of a thresholded layer (the plain weight elsewhere)."""
+
+    def get(self, key: str) -> torch.Tensor:
+        layer = self.layers[key.rsplit(".", 1)[0]]
+        if parametrize.is_parametrized(layer, "weight"):
+            return layer.parametrizations.weight.original
+        return layer.weight
 
 
 @register_sparsifier("str")
@@ -59,7 +71,7 @@ class STR(MaskedSparsifier):
       with weight decay >= 5e-4 (CIFAR): the achieved sparsity is set by
       (sInit, weight decay, lr schedule, run length), not by a target, so
       other runs must set both keys.
-    - The thresholds ``s`` are returned by ``parameter_group_overrides`` as
+    - The thresholds ``s`` are returned by ``parameter_groups`` as
       ``{"params": [s...], "weight_decay": threshold_weight_decay, "ham": False}``:
       weight-decayed, never touched by HAM.
     - STR has no target knob; ``sparsity`` is the target the run is compared
@@ -90,58 +102,50 @@ class STR(MaskedSparsifier):
     The soft threshold is a ``torch.nn.utils.parametrize`` parametrization
     (see ``sparsifiers.reparameterization`` for why), so ``layer.weight`` is
     W_eff for every reader and ``effective_weights()`` returns it; W is
-    ``layer.parametrizations.weight.original`` (what ``weight(key)`` returns)
+    ``layer.parametrizations.weight.original`` (what ``tensors.get(key)`` returns)
     and s is ``layer.parametrizations.weight[0].s``.
     """
 
     name = "str"
-    reparameterizes_weights = True
+    selection_defaults = {"sparsity": 0.9, "distribution": "global"}
     distributions = ("global", "uniform", "erk")
+    reparameterizes_weights = True
 
-    def __init__(self, sparsity: float = 0.9, s_init: float = -50.0, threshold_weight_decay: float = 2e-2,
-                 final_projection: bool = True, projection_at: float = 0.9, distribution: str = "global",
-                 dense_first: bool | None = None, dense_last: bool = False, power_scale: float = 1.0,
-                 seed: int | None = None):
-        super().__init__(sparsity=sparsity, distribution=distribution, dense_first=dense_first,
-                         dense_last=dense_last, power_scale=power_scale, seed=seed)
-        if not 0.0 < float(projection_at) <= 1.0:
-            raise ValueError(f"sparsifier.projection_at must be in (0, 1], got {projection_at}")
-        if float(threshold_weight_decay) < 0:
-            raise ValueError(f"sparsifier.threshold_weight_decay must be >= 0, got {threshold_weight_decay}")
-        self.s_init = float(s_init)
-        self.threshold_weight_decay = float(threshold_weight_decay)
+    def __init__(self, s_init: float = -50.0, threshold_weight_decay: float = 2e-2, final_projection: bool = True,
+                 projection_at: float = 0.9, **selection):
+        super().__init__(**selection)
+        self.s_init = float(number("s_init", s_init))
+        self.threshold_weight_decay = float(number("threshold_weight_decay", threshold_weight_decay, low=0.0))
         self.final_projection = bool(final_projection)
-        self.projection_at = float(projection_at)
+        self.projection_at = float(number("projection_at", projection_at, low=0.0, high=1.0, low_open=True))
         self.thresholds: dict[str, SoftThresholdWeight] = {}
         self.projected = False
 
+    @property
+    def unused_parameters_under_ddp(self) -> bool:
+        """After the projection the thresholds leave the forward pass (DDP must allow unused parameters)."""
+        return self.final_projection
+
     # ---- set-up -----------------------------------------------------------------
-    def attach(self, model: nn.Module, context: TrainingContext) -> None:
+    def attach(self, model: nn.Module, context) -> None:
         super().attach(model, context)
-        for name in self.masked_layer_names():
-            layer = self.layers[name]
+        for key in self.masked_keys:
+            layer = self.layers[key.rsplit(".", 1)[0]]
             threshold = SoftThresholdWeight(self.s_init).to(layer.weight.device)
             parametrize.register_parametrization(layer, "weight", threshold)
-            self.thresholds[f"{name}.weight"] = threshold
-        set_projection_targets(self)
+            self.thresholds[key] = threshold
 
-    def weight(self, key: str) -> torch.Tensor:
-        """The raw W of a thresholded layer (the plain weight elsewhere)."""
-        layer = self.layers[key.rsplit(".", 1)[0]]
-        if parametrize.is_parametrized(layer, "weight"):
-            return layer.parametrizations.weight.original
-        return layer.weight
+    def default_tensors(self) -> MaskedTensors:
+        return ThresholdedTensors(self.layers)
 
-    def parameter_group_overrides(self) -> list[dict[str, Any]]:
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        return {}  # the soft threshold decides the support until the projection
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
         if not self.thresholds:
             return []
         return [{"params": [t.s for t in self.thresholds.values()],
                  "weight_decay": self.threshold_weight_decay, "ham": False}]
-
-    @property
-    def ddp_find_unused_parameters(self) -> bool:
-        """After the projection the thresholds leave the forward pass (DDP must allow unused parameters)."""
-        return self.final_projection
 
     @property
     def projection_epoch(self) -> int:
@@ -150,7 +154,7 @@ class STR(MaskedSparsifier):
         return max(1, min(epochs, int(math.floor(self.projection_at * epochs + 1e-9))))
 
     # ---- per epoch ---------------------------------------------------------------
-    def on_epoch_end(self, epoch: int, stats: dict[str, float] | None = None) -> None:
+    def on_epoch_end(self, epoch: int, stats=None) -> None:
         if self.final_projection and not self.projected and epoch + 1 >= self.projection_epoch:
             self.project()
         report, metrics = sparsity_report(self), self.extra_metrics()
@@ -161,39 +165,27 @@ class STR(MaskedSparsifier):
     @torch.no_grad()
     def project(self) -> None:
         """W <- W_eff, exact-count magnitude pruning to the target, thresholds frozen, mask fixed."""
-        scores = {key: self.weight(key).abs() - torch.sigmoid(t.s) for key, t in self.thresholds.items()}
+        scores = {key: self.tensors.get(key).abs() - torch.sigmoid(t.s) for key, t in self.thresholds.items()}
         masks = projection_masks(self, scores)
         for key, threshold in self.thresholds.items():
-            weight = self.weight(key)
+            weight = self.tensors.get(key)
             weight.copy_(torch.sign(weight) * torch.relu(scores[key]))
             threshold.projected = True
-        self.mask_by_name = masks
-        self.masking_enabled = True
-        self.apply_masks()
-        for key, mask in masks.items():
-            self.zero_state(key, keep=mask)
+        self.set_masks(masks, reset_pruned_state=True)
         self.projected = True
 
     # ---- reports -----------------------------------------------------------------
     @torch.no_grad()
-    def effective_weights(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.weight": m.weight.detach() for name, m in self.layers.items()}
-
-    @torch.no_grad()
     def masks(self) -> dict[str, torch.Tensor]:
         if self.projected:
             return dict(self.mask_by_name)
-        return {key: self.weight(key).abs() > torch.sigmoid(t.s) for key, t in self.thresholds.items()}
+        return {key: self.tensors.get(key).abs() > torch.sigmoid(t.s) for key, t in self.thresholds.items()}
 
     @torch.no_grad()
     def extra_metrics(self) -> dict[str, Any]:
         thresholds = [float(torch.sigmoid(t.s.detach())) for t in self.thresholds.values()]
         return {"str_threshold_mean": sum(thresholds) / len(thresholds) if thresholds else 0.0,
                 "str_projected": self.projected}
-
-    def plain_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with W_eff in ``<layer>.weight`` (loads into the plain model)."""
-        return plain_state_dict(self.model)
 
     # ---- checkpoints -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

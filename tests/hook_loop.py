@@ -1,14 +1,15 @@
-"""A bare training loop in the trainer's hook order (sparsifiers.base), shared by the metric tests."""
+"""Training loops for tests, built on the step engine (``ham_bench.engine.step.train_step``): no copy of the hook order."""
 
 import torch
-from torch import nn
+
+from ham_bench.engine.step import train_step
 
 
-def sgd_for(model, sparsifier, lr=0.05, momentum=0.9):
+def sgd_for(model, sparsifier, lr=0.05, momentum=0.9, weight_decay=0.0):
     """SGD over the model with the sparsifier's own parameter groups (HAM keys dropped), bound to it."""
-    overrides = sparsifier.parameter_group_overrides()
+    overrides = sparsifier.parameter_groups()
     special = {id(p) for group in overrides for p in group["params"]}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in special]}]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in special], "weight_decay": weight_decay}]
     groups += [{k: v for k, v in group.items() if k != "ham"} for group in overrides]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     sparsifier.bind_optimizer(optimizer)
@@ -21,23 +22,34 @@ def random_batches(steps, batch, shape, classes, seed=1):
             for _ in range(steps)]
 
 
-def train_in_hook_order(model, sparsifier, optimizer, data, epochs, before=None, after=None, epoch_end=None,
-                        train_acc=lambda epoch: 50.0 + epoch):
-    """Callbacks see the step before its forward (``before``) and after ``after_step`` (``after``)."""
-    for epoch in range(epochs):
+def run_epochs(model, sparsifier, optimizer, data, epochs, first_epoch=0, before=None, on_step=None, on_epoch=None,
+               train_acc=None):
+    """Epochs of ``train_step`` over ``data`` (a list of batches) with the epoch hooks around them.
+
+    ``before(step)`` runs before each step, ``on_step(step, record)`` after it, ``on_epoch(epoch)`` after
+    ``on_epoch_end``, which gets the epoch's real training accuracy unless ``train_acc(epoch)`` overrides it.
+    """
+    for epoch in range(first_epoch, epochs):
         sparsifier.on_epoch_start(epoch)
+        correct = seen = 0
         for index, (x, y) in enumerate(data):
             step = epoch * len(data) + index
-            if before:
+            if before is not None:
                 before(step)
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            sparsifier.mask_gradients()
-            if sparsifier.before_step(step):
-                optimizer.step()
-            sparsifier.after_step(step)
-            if after:
-                after(step)
-        sparsifier.on_epoch_end(epoch, {"train_acc": train_acc(epoch)})
-        if epoch_end:
-            epoch_end(epoch)
+            record = train_step(model, optimizer, sparsifier, x, y, step)
+            correct += int((record.logits.argmax(1) == y).sum())
+            seen += len(y)
+            if on_step is not None:
+                on_step(step, record)
+        accuracy = 100.0 * correct / seen if train_acc is None else train_acc(epoch)
+        sparsifier.on_epoch_end(epoch, {"train_acc": accuracy})
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+def train_in_hook_order(model, sparsifier, optimizer, data, epochs, before=None, after=None, epoch_end=None,
+                        train_acc=lambda epoch: 50.0 + epoch):
+    """``run_epochs`` with step callbacks that take only the step."""
+    run_epochs(model, sparsifier, optimizer, data, epochs, before=before,
+               on_step=(lambda step, record: after(step)) if after else None, on_epoch=epoch_end,
+               train_acc=train_acc)

@@ -93,8 +93,8 @@ def run_scenarios(rank: int, world: int, port: int, batch_size: int, scenarios: 
     run.build_datasets = lambda cfg: datasets.setdefault(OmegaConf.to_yaml(cfg), build_datasets(cfg))
     record: dict = {}
 
-    def instrumented_build_trainer(cfg, run_dir):
-        trainer = build_trainer(cfg, run_dir)
+    def instrumented_build_trainer(cfg, run_dir, resume_state=None):
+        trainer = build_trainer(cfg, run_dir, resume_state)
         instrument(trainer, record)
         record["trainer"] = trainer
         return trainer

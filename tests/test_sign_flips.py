@@ -1,6 +1,6 @@
 import torch
 
-from ham_bench.sign_flips import SignFlipCounter
+from ham_bench.metrics.sign_flips import SignFlipCounter
 
 
 def test_counts_flips_between_consecutive_steps_and_ignores_zeros():

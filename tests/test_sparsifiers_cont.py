@@ -1,9 +1,7 @@
-"""STR, Sign-In (alone and over random / RigL / AC/DC) and PILoT on tiny models with hand-written loops.
+"""STR, Sign-In (alone and over random / RigL / AC/DC) and PILoT on tiny models, trained through the step engine.
 
-The loop calls the hooks in the trainer's order (mask_gradients, before_step,
-optimizer step, after_step; on_epoch_start / on_epoch_end with ``train_acc``)
-with torch SGD + momentum, the optimizer built from
-``parameter_group_overrides`` as the trainer does.
+torch SGD + momentum, the optimizer built from ``parameter_groups`` as the
+trainer does; ``on_epoch_end`` gets the epoch's real training accuracy.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from hook_loop import run_epochs
 from sparsifiers import TrainingContext, build_sparsifier
 from sparsifiers.base import sparsity_report
 from sparsifiers.pilot import PILoT
@@ -51,7 +50,7 @@ def make_data(seed=0, n=STEPS * 16):
 
 def optimizer_for(model, sparsifier, lr=0.05, weight_decay=5e-4):
     """SGD momentum with the sparsifier's extra groups split out of the default group (as the trainer does)."""
-    extra = sparsifier.parameter_group_overrides()
+    extra = sparsifier.parameter_groups()
     taken = {id(p) for group in extra for p in group["params"]}
     groups = [{"params": [p for p in model.parameters() if id(p) not in taken], "weight_decay": weight_decay}]
     groups += [{k: v for k, v in group.items() if k != "ham"} for group in extra]
@@ -75,26 +74,15 @@ def masked_are_zero(sparsifier):
 
 def train(model, sparsifier, optimizer, epochs, first_epoch=0, data=None, on_step=None, on_epoch=None):
     x, y = make_data() if data is None else data
-    for epoch in range(first_epoch, epochs):
-        sparsifier.on_epoch_start(epoch)
-        correct = 0
-        for index in range(STEPS):
-            step = epoch * STEPS + index
-            xb, yb = x[index * 16:(index + 1) * 16], y[index * 16:(index + 1) * 16]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            nn.functional.cross_entropy(logits, yb).backward()
-            sparsifier.mask_gradients()
-            if sparsifier.before_step(step):
-                optimizer.step()
-            sparsifier.after_step(step)
-            correct += int((logits.argmax(1) == yb).sum())
-            assert masked_are_zero(sparsifier), f"masked weight nonzero after step {step}"
-            if on_step is not None:
-                on_step(step)
-        sparsifier.on_epoch_end(epoch, {"train_acc": 100.0 * correct / len(y)})
-        if on_epoch is not None:
-            on_epoch(epoch)
+    batches = [(x[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]) for i in range(STEPS)]
+
+    def after(step, record):
+        assert masked_are_zero(sparsifier), f"masked weight nonzero after step {step}"
+        if on_step is not None:
+            on_step(step)
+
+    run_epochs(model, sparsifier, optimizer, batches, epochs, first_epoch=first_epoch, on_step=after,
+               on_epoch=on_epoch)
 
 
 def zeros_over(weights, keys):
@@ -106,7 +94,7 @@ def test_str_forward_is_the_soft_threshold_of_the_raw_weight():
     model, sparsifier, _ = setup({"name": "str", "s_init": -3.0})
     assert isinstance(sparsifier, STR)
     layer = model.fc1
-    raw = sparsifier.weight("fc1.weight")
+    raw = sparsifier.tensors.get("fc1.weight")
     assert raw is layer.parametrizations.weight.original and raw.requires_grad
     tau = torch.sigmoid(torch.tensor(-3.0))
     expected = torch.sign(raw) * torch.relu(raw.abs() - tau)
@@ -122,7 +110,7 @@ def test_str_forward_is_the_soft_threshold_of_the_raw_weight():
 def test_str_thresholds_are_weight_decayed_and_excluded_from_ham():
     model, sparsifier, optimizer = setup({"name": "str", "s_init": -4.0, "threshold_weight_decay": 0.1,
                                           "final_projection": False})
-    (group,) = sparsifier.parameter_group_overrides()
+    (group,) = sparsifier.parameter_groups()
     thresholds = [t.s for t in sparsifier.thresholds.values()]
     assert group["ham"] is False and group["weight_decay"] == 0.1
     assert len(group["params"]) == 4 and all(p is s for p, s in zip(group["params"], thresholds))
@@ -153,7 +141,7 @@ def test_str_final_projection_hits_the_target_exactly_and_keeps_the_mask(s_init,
     model, sparsifier, optimizer = setup({"name": "str", "sparsity": sparsity, "s_init": s_init,
                                           "projection_at": 0.5}, epochs=4)
     keys = list(sparsifier.thresholds)
-    total = sum(sparsifier.weight(k).numel() for k in keys)
+    total = sum(sparsifier.tensors.get(k).numel() for k in keys)
     seen = {}
 
     def on_epoch(epoch):
@@ -174,7 +162,7 @@ def test_str_final_projection_hits_the_target_exactly_and_keeps_the_mask(s_init,
     assert sparsifier.extra_metrics()["str_projected"] is True
     # after the projection the forward weight is the plain masked W
     for key in keys:
-        assert torch.equal(sparsifier.effective_weights()[key], sparsifier.weight(key).detach())
+        assert torch.equal(sparsifier.effective_weights()[key], sparsifier.tensors.get(key).detach())
 
 
 def test_str_state_dict_round_trip_resumes_the_projected_run():
@@ -222,7 +210,7 @@ def test_signin_alone_is_random_pai_with_merged_weights():
         m, w = sparsifier.factors[key]
         layer = sparsifier.layers[key.rsplit(".", 1)[0]]
         assert isinstance(layer.parametrizations.weight.original0, nn.Parameter)
-        assert sparsifier.weight(key) is w and sparsifier.inner.weight(key) is w
+        assert sparsifier.inner.tensors.get(key) is w and sparsifier.masked_tensors()[key] is w
         assert torch.equal(layer.weight, m * w)
         assert torch.equal(w[~masks[key]], torch.zeros(int((~masks[key]).sum())))
         assert torch.equal(m[~masks[key]], torch.ones(int((~masks[key]).sum())))
@@ -255,7 +243,7 @@ def test_signin_alone_is_random_pai_with_merged_weights():
     zeros, total = zeros_over(sparsifier.effective_weights(), masks)
     assert zeros == total - sum(counts.values())
     plain = TinyCNN()
-    plain.load_state_dict(sparsifier.plain_state_dict())
+    plain.load_state_dict(plain_state_dict(model))
     x, _ = make_data(seed=3, n=8)
     assert torch.allclose(plain(x), model(x), atol=1e-6)
     assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in plain.parameters())
@@ -278,11 +266,11 @@ def test_signin_growth_scores_are_the_gradient_wrt_theta():
     x, y = make_data(n=16)
     nn.functional.cross_entropy(model(x), y).backward()
     plain = TinyCNN()
-    plain.load_state_dict(sparsifier.plain_state_dict())
+    plain.load_state_dict(plain_state_dict(model))
     nn.functional.cross_entropy(plain(x), y).backward()
     for key, mask in sparsifier.masks().items():
         grad_theta = plain.get_parameter(key).grad
-        grad_w = sparsifier.weight(key).grad
+        grad_w = sparsifier.inner.tensors.get(key).grad
         assert torch.allclose(grad_w[~mask], grad_theta[~mask], rtol=1e-5, atol=1e-7)  # m = 1 there
         m = sparsifier.factors[key][0]
         assert torch.allclose(grad_w, m.detach() * grad_theta, rtol=1e-5, atol=1e-7)
@@ -327,8 +315,8 @@ def test_signin_over_acdc_ends_compressed_at_the_target():
 def test_signin_forwards_shared_keys_and_rejects_reparameterizing_inner_methods():
     sparsifier = build_sparsifier({"name": "signin", "inner": {"name": "random", "sparsity": 0.5,
                                                                "distribution": "uniform"}, "sparsity": 0.7})
-    assert sparsifier.inner.sparsity == 0.7 and sparsifier.sparsity == 0.7
-    assert sparsifier.inner.distribution == "uniform" and sparsifier.dense_first is True
+    assert sparsifier.inner.selection.sparsity == 0.7 and sparsifier.selection.sparsity == 0.7
+    assert sparsifier.inner.selection.distribution == "uniform" and sparsifier.selection.dense_first is True
     for inner in ("str", "pilot", "signin"):
         with pytest.raises(ValueError, match="sparsifier.inner"):
             build_sparsifier({"name": "signin", "inner": inner})
@@ -415,7 +403,7 @@ def test_pilot_ends_at_exactly_the_target_sparsity(prune_at):
 
 def test_pilot_needs_its_own_optimizer_group_and_round_trips():
     model, sparsifier, _ = setup({"name": "pilot"}, epochs=2)
-    with pytest.raises(ValueError, match="parameter_group_overrides"):
+    with pytest.raises(ValueError, match="parameter_groups"):
         sparsifier.bind_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
 
     cfg = {"name": "pilot", "sparsity": 0.8, "prune_at": 0.5}
@@ -453,8 +441,8 @@ def test_configs_compose_and_build(config, inner):
     with initialize_config_dir(str(CONFIGS / "sparsifier"), version_base=None):
         cfg = compose(config, overrides=["sparsity=0.7"])
     sparsifier = build_sparsifier(cfg)
-    assert sparsifier.sparsity == 0.7
+    assert sparsifier.selection.sparsity == 0.7
     if inner is not None:
-        assert sparsifier.inner.name == inner and sparsifier.inner.sparsity == 0.7
+        assert sparsifier.inner.name == inner and sparsifier.inner.selection.sparsity == 0.7
     torch.manual_seed(0)
     sparsifier.attach(TinyCNN(), TrainingContext(epochs=2, steps_per_epoch=STEPS))

@@ -1,9 +1,4 @@
-"""Random PaI, AC/DC, RigL and the registry on a tiny model with a hand-written training loop.
-
-The loop follows the trainer's call order (sparsifiers.base): backward ->
-mask_gradients -> before_step -> optimizer.step -> after_step, with
-on_epoch_start / on_epoch_end around each epoch.
-"""
+"""Random PaI, AC/DC, RigL and the registry on a tiny model, trained through the step engine."""
 
 import importlib.util
 import math
@@ -16,6 +11,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from hook_loop import run_epochs
+from ham_bench.engine.step import train_step
+from ham_bench.optim import SAM
 from sparsifiers import available_sparsifiers, build_sparsifier
 from sparsifiers.acdc import ACDCSparsifier
 from sparsifiers.base import Sparsifier, TrainingContext, sparsity_report
@@ -43,36 +41,23 @@ def sgd(model, **kwargs):
                            weight_decay=kwargs.pop("weight_decay", 5e-4), **kwargs)
 
 
-def setup(cfg, epochs=2, steps_per_epoch=5, seed=0, **optimizer_kwargs):
+def setup(cfg, epochs=2, steps_per_epoch=5, seed=0, sam=False, **optimizer_kwargs):
     model = tiny_model(seed)
     sparsifier = build_sparsifier(cfg)
     sparsifier.attach(model, TrainingContext(epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed))
-    optimizer = sgd(model, **optimizer_kwargs)
+    if sam:
+        optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    else:
+        optimizer = sgd(model, **optimizer_kwargs)
     sparsifier.bind_optimizer(optimizer)
     return model, sparsifier, optimizer
 
 
-def train(model, sparsifier, optimizer, epochs, steps_per_epoch, on_step=None, sam_like=False):
-    """The trainer's hook order; ``on_step(step, ran)`` is called after after_step."""
-    data = batches(steps_per_epoch)
-    for epoch in range(epochs):
-        sparsifier.on_epoch_start(epoch)
-        for index, (x, y) in enumerate(data):
-            step = epoch * steps_per_epoch + index
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            sparsifier.mask_gradients()
-            if sam_like:  # a second backward, as SAM's closure does
-                optimizer.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x), y).backward()
-                sparsifier.mask_gradients()
-            ran = sparsifier.before_step(step)
-            if ran:
-                optimizer.step()
-            sparsifier.after_step(step)
-            if on_step is not None:
-                on_step(step, ran)
-        sparsifier.on_epoch_end(epoch, {"train_acc": 0.0})
+def train(model, sparsifier, optimizer, epochs, steps_per_epoch, on_step=None):
+    """``on_step(step, stepped)`` is called after each step."""
+    run_epochs(model, sparsifier, optimizer, batches(steps_per_epoch), epochs,
+               on_step=(lambda step, record: on_step(step, record.stepped)) if on_step else None,
+               train_acc=lambda epoch: 0.0)
 
 
 def weights(model):
@@ -115,7 +100,7 @@ def test_random_uniform_exact_sparsity_and_masked_weights_stay_zero():
 
 def test_random_erk_counts_seed_and_first_layer_convention():
     _, erk, _ = setup({"name": "random", "sparsity": 0.9})
-    assert erk.distribution == "erk" and erk.dense_first is False
+    assert erk.selection.distribution == "erk" and erk.selection.dense_first is False
     shapes = {k: tuple(w.shape) for k, w in weights(tiny_model()).items()}
     expected = erk_densities(shapes, 0.9)
     assert erk.target_densities() == pytest.approx(expected)
@@ -126,7 +111,7 @@ def test_random_erk_counts_seed_and_first_layer_convention():
     assert all(torch.equal(erk.masks()[k], same.masks()[k]) for k in erk.masks())
     assert not all(torch.equal(erk.masks()[k], other.masks()[k]) for k in erk.masks())
     _, uniform, _ = setup({"name": "random", "sparsity": 0.9, "distribution": "uniform"})
-    assert uniform.dense_first is True and "0.weight" not in uniform.masks()
+    assert uniform.selection.dense_first is True and "0.weight" not in uniform.masks()
     assert uniform.target_densities()["0.weight"] == 1.0
 
 
@@ -143,9 +128,9 @@ def test_masked_state_dict_round_trip():
 RIGL = {"name": "rigl", "sparsity": 0.8, "update_interval": 3, "update_end": 0.75, "drop_fraction": 0.3}
 
 
-def rigl_run(skip, epochs=4, steps_per_epoch=5, sam_like=False, **extra):
+def rigl_run(skip, epochs=4, steps_per_epoch=5, sam=False, **extra):
     model, sparsifier, optimizer = setup({**RIGL, "skip_step_on_update": skip, **extra}, epochs=epochs,
-                                         steps_per_epoch=steps_per_epoch)
+                                         steps_per_epoch=steps_per_epoch, sam=sam)
     counts = {k: int(m.sum()) for k, m in sparsifier.masks().items()}
     log = []
     previous = {k: m.clone() for k, m in sparsifier.masks().items()}
@@ -159,7 +144,7 @@ def rigl_run(skip, epochs=4, steps_per_epoch=5, sam_like=False, **extra):
         assert_masked_zero(model, sparsifier, optimizer)
         previous = current
 
-    train(model, sparsifier, optimizer, epochs, steps_per_epoch, check, sam_like=sam_like)
+    train(model, sparsifier, optimizer, epochs, steps_per_epoch, check)
     return sparsifier, log
 
 
@@ -185,8 +170,8 @@ def test_rigl_counts_constant_masks_change_only_on_update_steps(skip):
     assert sparsifier.extra_metrics() == {"rigl_drop_fraction": 0.0, "rigl_updates": 4}
 
 
-def test_rigl_sam_like_double_backward_still_updates():
-    _, log = rigl_run(True, sam_like=True)
+def test_rigl_under_sam_still_updates():
+    _, log = rigl_run(True, sam=True)
     assert [step for step, _, changed in log if changed] == [3, 6, 9, 12]
 
 
@@ -197,18 +182,14 @@ def test_rigl_update_drops_smallest_grows_largest_dense_gradient_zero_init():
     sparsifier.on_epoch_start(0)
     for step in range(4):  # steps 0-2 normal, step 3 updates
         x, y = data[step]
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()  # the gradient train_step will see, computed apart
         dense_grads = {k: params[k].grad.clone() for k in sparsifier.masks()}
         old_masks = {k: m.clone() for k, m in sparsifier.masks().items()}
         old_weights = {k: params[k].detach().clone() for k in sparsifier.masks()}
         old_momentum = {k: momentum(optimizer, params[k]).clone() for k in sparsifier.masks()} if step else None
-        sparsifier.mask_gradients()
-        ran = sparsifier.before_step(step)
-        if ran:
-            optimizer.step()
-        sparsifier.after_step(step)
-    assert not ran  # step 3 was an update step: no optimizer step
+        record = train_step(model, optimizer, sparsifier, x, y, step)
+    assert not record.stepped and record.dense_gradient  # step 3 was an update step: no optimizer step
     fraction = sparsifier.drop_fraction_at(3)
     for key, new_mask in sparsifier.masks().items():
         old = old_masks[key].flatten()
@@ -244,7 +225,8 @@ def test_rigl_without_skip_steps_with_masked_dense_gradient():
     params = weights(model)
     dense = {k: params[k].grad.clone() for k in sparsifier.masks()}
     sparsifier.mask_gradients()
-    assert sparsifier.before_step(0) is True
+    assert sparsifier.needs_dense_gradient(0) and not sparsifier.skips_optimizer_step(0)
+    sparsifier.before_step(0, dense_gradients={k: g.clone() for k, g in dense.items()})
     for key, mask in sparsifier.masks().items():
         assert torch.equal(params[key].grad, dense[key] * mask)
 
@@ -389,8 +371,8 @@ def test_registry_names_and_configs():
         built = build_sparsifier(OmegaConf.load(f"configs/sparsifier/{name}.yaml"))
         assert type(built).__name__ == cls
     rigl = build_sparsifier(OmegaConf.create({"name": "rigl", "sparsity": 0.95, "update_interval": 50}))
-    assert isinstance(rigl, RigLSparsifier) and rigl.sparsity == 0.95 and rigl.update_interval == 50
-    assert rigl.skip_step_on_update is True and rigl.distribution == "erk"
+    assert isinstance(rigl, RigLSparsifier) and rigl.selection.sparsity == 0.95 and rigl.update_interval == 50
+    assert rigl.skip_step_on_update is True and rigl.selection.distribution == "erk"
 
 
 def test_registry_errors_are_one_line_and_name_the_key():
@@ -416,7 +398,7 @@ def test_registry_target_class_path():
                                                "sparsity": 0.8, "schedule_unit": "epochs", "dense_warmup": 1,
                                                "compressed_length": 1, "decompressed_length": 1,
                                                "final_compressed_length": 1}))
-    assert isinstance(built, ACDCSparsifier) and built.sparsity == 0.8
+    assert isinstance(built, ACDCSparsifier) and built.selection.sparsity == 0.8
     with pytest.raises(ValueError, match="sparsifier.sparsity must be in"):
         build_sparsifier({"_target_": "sparsifiers.rigl.RigLSparsifier", "sparsity": 1.5})
 
@@ -447,8 +429,6 @@ def test_entry_point_plugin_installs_and_runs_without_editing_the_framework(tmp_
 
 def test_rigl_under_sam_scores_growth_with_the_unperturbed_gradient():
     """The convention (sparsifiers.base): before_step sees the first backward's gradient, at the current weights."""
-    from ham_bench.optim import SAM
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 12))
     x, y = torch.randn(32, 20), torch.randint(0, 12, (32,))
@@ -473,17 +453,8 @@ def test_rigl_under_sam_scores_growth_with_the_unperturbed_gradient():
     grown = torch.zeros_like(kept)
     grown[torch.topk(torch.where(kept, -1.0, unperturbed), n_drop).indices] = True
 
-    def closure():
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        sparsifier.mask_gradients()
-        return loss
-
-    closure()
-    assert sparsifier.before_step(0)
-    optimizer.step(closure)
-    sparsifier.after_step(0)
+    record = train_step(model, optimizer, sparsifier, x, y, 0)
+    assert record.stepped and record.passes == 2 and record.dense_gradient
     assert torch.equal(sparsifier.masks()["0.weight"].flatten(), kept | grown)
 
 

@@ -1,4 +1,5 @@
-"""Topology metrics on hand-built masks, mask dumps, and every sparsifier producing every metric in a short run."""
+"""Topology metrics on hand-built masks, mask dumps, every sparsifier producing every metric in a short run,
+and no host sync in a training step (engine + meters)."""
 
 import json
 
@@ -6,13 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from ham_bench.flops import TrainingFlopsMeter, flops_report
+from ham_bench.engine.step import train_step
 from ham_bench.mask_dump import load_masks, save_masks
-from ham_bench.sign_flips import SignFlipCounter
-from ham_bench.topology import TopologyTracker, dump_masks, mask_state
-from hook_loop import random_batches, sgd_for, train_in_hook_order
+from ham_bench.metrics import build_meters
+from ham_bench.metrics.masks import dump_masks, mask_state
+from ham_bench.metrics.sign_flips import SignFlipCounter
+from ham_bench.metrics.topology import TopologyMeter
+from ham_bench.optim import HAM
+from hook_loop import random_batches, run_epochs, sgd_for
 from sparsifiers import build_sparsifier
-from sparsifiers.base import MaskedSparsifier, TrainingContext
+from sparsifiers.base import TrainingContext
+from sparsifiers.masked import MaskedSparsifier
 
 
 class HandMasks(MaskedSparsifier):
@@ -40,7 +45,7 @@ def hand_setup():
 
 def test_itop_churn_and_overlap_counted_by_hand():
     model, sparsifier = hand_setup()
-    tracker = TopologyTracker(sparsifier)
+    tracker = TopologyMeter(sparsifier)
     a = sparsifier.mask_by_name["0.weight"]
     a.copy_(bits(1, 0, 1, 0, 1, 0, 0, 0).view(2, 4))        # step 0, in place (RigL style): 2 changed
     tracker.update_after_step()
@@ -64,7 +69,7 @@ def test_itop_churn_and_overlap_counted_by_hand():
     quiet = tracker.epoch_report()                            # a new epoch without changes
     assert (quiet["mask_updates"], quiet["mask_churn"], quiet["itop_rate"]) == (0, 0, 8 / 12)
 
-    sparsifier.masking_enabled = False                        # e.g. AC/DC decompresses: every weight active
+    sparsifier.mask_by_name = {}                              # e.g. AC/DC decompresses: every weight active
     tracker.update_after_step()
     dense = tracker.epoch_report()
     assert dense["mask_churn_per_layer"] == {"0.weight": 8 - 3, "1.weight": 4 - 2}
@@ -80,8 +85,8 @@ def test_sign_agreement_reuses_the_flip_counters_initial_signs():
     counter = SignFlipCounter(sparsifier.effective_weights())
     assert torch.equal(counter.initial_signs("0.weight"),
                        torch.tensor([[1, -1, 1, 0], [-1, 1, 0, 1]], dtype=torch.int8))
-    shared = TopologyTracker(sparsifier, counter)
-    own = TopologyTracker(sparsifier)
+    shared = TopologyMeter(sparsifier, counter)
+    own = TopologyMeter(sparsifier)
     with torch.no_grad():
         # layer 0: nonzero at init and now at positions 0, 1, 2, 4, 7 (3 -> 0 at 2 is pruned, 0 -> 5 at 3 regrown)
         model[0].weight.copy_(torch.tensor([[2.0, 1.0, 0.0, 5.0], [-3.0, 0.5, 0.0, -2.0]]))
@@ -95,10 +100,10 @@ def test_sign_agreement_reuses_the_flip_counters_initial_signs():
 
 def test_state_round_trip_and_mask_dump():
     model, sparsifier = hand_setup()
-    tracker = TopologyTracker(sparsifier)
+    tracker = TopologyMeter(sparsifier)
     sparsifier.mask_by_name["0.weight"].copy_(bits(0, 1, 1, 0, 1, 0, 0, 0).view(2, 4))
     tracker.update_after_step()
-    clone = TopologyTracker(sparsifier)
+    clone = TopologyMeter(sparsifier)
     clone.load_state_dict(tracker.state_dict())
     assert clone.epoch_report() == tracker.epoch_report()
 
@@ -148,27 +153,27 @@ def test_every_sparsifier_produces_every_metric(method):
     model = small_cnn()
     sparsifier = build_sparsifier(cfg)
     sparsifier.attach(model, TrainingContext(epochs=epochs, steps_per_epoch=steps, seed=0))
-    optimizer = sgd_for(model, sparsifier)
-    counter = SignFlipCounter(sparsifier.effective_weights())
-    tracker = TopologyTracker(sparsifier, counter)
-    meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), {"name": "sgd"}, {"enabled": True}, batch_size=16)
+    optimizer = HAM(sgd_for(model, sparsifier), alpha=1.0, beta=0.0, implementation="foreach")
+    sparsifier.bind_optimizer(optimizer)
+    meters = build_meters(model, sparsifier, optimizer, input_shape=(1, 8, 8), batch_size=16, steps_per_epoch=steps)
     rows = []
 
-    def after(step):
-        counter.update(sparsifier.effective_weights())
-        tracker.update_after_step()
-        meter.update_after_step(step)
+    def on_step(step, record):
+        for meter in meters:
+            meter.on_step(record)
 
     def epoch_end(epoch):
         weights = sparsifier.effective_weights()
-        row = {**counter.epoch_report(weights), **tracker.epoch_report(weights), **meter.epoch_report()}
+        row = {}
+        for meter in meters:
+            row.update(meter.epoch_report(epoch, weights))
         rows.append(json.loads(json.dumps(row)))  # JSON-serialisable, as metrics.jsonl needs
 
-    train_in_hook_order(model, sparsifier, optimizer, random_batches(steps, 16, (1, 8, 8), 10), epochs,
-                        after=after, epoch_end=epoch_end, train_acc=lambda epoch: 10.0 + epoch)
+    run_epochs(model, sparsifier, optimizer, random_batches(steps, 16, (1, 8, 8), 10), epochs, on_step=on_step,
+               on_epoch=epoch_end, train_acc=lambda epoch: 10.0 + epoch)
     assert ROW_KEYS <= set(rows[-1])
     last = rows[-1]
-    masked = {f"{n}.weight" for n in sparsifier.masked_layer_names()}
+    masked = set(sparsifier.masked_keys)
     assert set(last["itop_rate_per_layer"]) == masked
     assert 0.0 < last["inference_flops_fraction_of_dense"] <= 1.0
     assert 0.0 < last["sign_agreement_init"] <= 1.0
@@ -191,8 +196,8 @@ def test_every_sparsifier_produces_every_metric(method):
         assert 0.25 < last["itop_rate"] < 1.0  # the initial threshold already cuts small weights
     if method in ("acdc", "pilot", "str"):
         assert sum(row["mask_churn"] for row in rows) > 0
-    report = flops_report(model, sparsifier, (1, 8, 8), {"name": "sgd"}, {"enabled": True}, steps=epochs * steps,
-                          batch_size=16, meter=meter)
+    (flops,) = [meter for meter in meters if meter.name == "flops"]
+    report = flops.summary()
     assert report["train_flops_measured"] == last["train_flops_measured"]
     if method in ("random", "signin", "rigl", "rigl+signin"):
         assert report["train_flops"] == report["train_flops_measured"]  # constant counts: the two agree
@@ -215,27 +220,27 @@ def no_host_sync(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, refuse)
 
 
-@pytest.mark.parametrize("method", ["rigl", "str", "acdc"])
-def test_per_step_hooks_do_not_sync_with_the_host(monkeypatch, method):
+@pytest.mark.parametrize("method", ["rigl", "str", "acdc", "rigl+signin", "pilot"])
+def test_a_training_step_and_the_meters_do_not_sync_with_the_host(monkeypatch, method):
+    """The whole step (engine, sparsifier hooks, SGD) and every meter's on_step, with host syncs made to raise."""
     cfg = METHODS[method]
     model = small_cnn()
     sparsifier = build_sparsifier(cfg)
-    sparsifier.attach(model, TrainingContext(epochs=4, steps_per_epoch=4, seed=0))
-    tracker = TopologyTracker(sparsifier)
-    meter = TrainingFlopsMeter(model, sparsifier, (1, 8, 8), batch_size=16)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    sparsifier.bind_optimizer(optimizer)
-
-    def check_hooks(step):
-        with monkeypatch.context() as patch:
-            no_host_sync(patch)
-            with pytest.raises(HostSync):
-                bool(torch.ones(()) > 0)  # the guard is live
-            masks = sparsifier.masks()
-            tracker.update_after_step(masks)
-            meter.update_after_step(step, masks)
-
-    train_in_hook_order(model, sparsifier, optimizer, random_batches(1, 16, (1, 8, 8), 10) * 4, epochs=3,
-                        after=check_hooks)
-    report = tracker.epoch_report()
-    assert report["mask_churn"] > 0  # masks did change inside the checked calls
+    sparsifier.attach(model, TrainingContext(epochs=3, steps_per_epoch=4, seed=0))
+    optimizer = sgd_for(model, sparsifier)
+    meters = build_meters(model, sparsifier, optimizer, input_shape=(1, 8, 8), batch_size=16, steps_per_epoch=4)
+    (topology,) = [meter for meter in meters if meter.name == "topology"]
+    data = random_batches(1, 16, (1, 8, 8), 10) * 4
+    for epoch in range(3):
+        sparsifier.on_epoch_start(epoch)
+        for index, (x, y) in enumerate(data):
+            with monkeypatch.context() as patch:
+                no_host_sync(patch)
+                with pytest.raises(HostSync):
+                    bool(torch.ones(()) > 0)  # the guard is live
+                record = train_step(model, optimizer, sparsifier, x, y, epoch * 4 + index)
+                for meter in meters:
+                    meter.on_step(record)
+        sparsifier.on_epoch_end(epoch, {"train_acc": 10.0 + epoch})
+    report = topology.epoch_report()
+    assert report["mask_churn"] > 0  # masks did change inside the checked steps

@@ -350,6 +350,10 @@ class HAM(CompiledSteps, WrappedOptimizer):
                 plan.append((group, alpha, beta, [p for p in group["params"] if self._is_covered(p)]))
         return plan
 
+    def covered_numel(self) -> int:
+        """How many weights HAM multiplies per step: covered params of active groups (for FLOPs and reports)."""
+        return sum(p.numel() for _, _, _, params in self._covered_by_group() for p in params)
+
     def _signs(self, plan) -> list[list[Tensor]] | None:
         if self.variant != "hyp":
             return None

@@ -1,6 +1,6 @@
 """Mask topology over training: ITOP rate, mask churn, overlap with the initial mask, sign agreement.
 
-Definitions (over the sparsifier's masked layers, ``masked_layer_names()``;
+Definitions (over the sparsifier's masked layers, ``masked_keys``;
 a layer's mask is ``sparsifier.masks()[<layer>.weight]``, and a masked layer
 with no entry there, e.g. AC/DC in a dense phase or PILoT before pruning,
 has every weight active; STR's mask is the support of its soft threshold):
@@ -30,8 +30,7 @@ fixed masks cost nothing and RigL pays only on update steps. Methods whose
 bools per masked weight (initial, ever active, previous); checkpoints hold
 them as packed bits.
 
-Mask dumps for topology studies: ``dump_masks(path, sparsifier, epoch)``
-writes the current mask state as packed bits (``ham_bench.mask_dump``).
+Mask dumps for topology studies are their own meter (``ham_bench.metrics.masks``).
 """
 
 from __future__ import annotations
@@ -40,25 +39,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ham_bench.mask_dump import pack_bits, save_masks, unpack_bits
-
-
-def masked_keys(sparsifier) -> list[str]:
-    return [f"{name}.weight" for name in sparsifier.masked_layer_names()]
-
-
-def mask_state(sparsifier) -> dict[str, torch.Tensor]:
-    """The current mask of every masked layer (all ones where ``masks()`` has none)."""
-    masks = sparsifier.masks()
-    weights = sparsifier.effective_weights()
-    return {key: (masks[key] if key in masks else torch.ones_like(weights[key], dtype=torch.bool))
-            for key in masked_keys(sparsifier)}
-
-
-def dump_masks(path, sparsifier, epoch: int | None = None) -> int:
-    """Save the current mask state as packed bits (``.npz``); returns the file size in bytes."""
-    meta = {"epoch": epoch, "sparsifier": getattr(sparsifier, "name", type(sparsifier).__name__)}
-    return save_masks(path, mask_state(sparsifier), meta)
+from ham_bench.mask_dump import pack_bits, unpack_bits
+from ham_bench.metrics.meter import Meter
 
 
 def mask_seen(mask: torch.Tensor | None) -> tuple[Any, int | None]:
@@ -88,14 +70,17 @@ def _hamming(previous: torch.Tensor | None, current: torch.Tensor | None) -> tor
     return (previous ^ current).sum()
 
 
-class TopologyTracker:
+class TopologyMeter(Meter):
     """ITOP rate, mask churn, overlap with the initial mask and sign agreement (module docstring)."""
+
+    name = "topology"
+    final_keys = ("itop_rate", "mask_overlap_initial", "sign_agreement_init")
 
     def __init__(self, sparsifier, flip_counter=None):
         self.sparsifier = sparsifier
         self.flip_counter = flip_counter
         weights = sparsifier.effective_weights()
-        self.keys = masked_keys(sparsifier)
+        self.keys = list(sparsifier.masked_keys)
         self.shapes = {key: tuple(weights[key].shape) for key in self.keys}
         device = weights[self.keys[0]].device if self.keys else torch.device("cpu")
         self.sign_keys = list(flip_counter.names) if flip_counter is not None else list(weights)
@@ -118,6 +103,9 @@ class TopologyTracker:
         self._updates = torch.zeros((), dtype=torch.int64, device=device)
 
     # ---- per step ------------------------------------------------------------------------
+    def on_step(self, record) -> None:
+        self.update_after_step(record.masks)
+
     @torch.no_grad()
     def update_after_step(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
         """Record the current mask state; once per step after ``sparsifier.after_step``. No host sync.
@@ -155,7 +143,8 @@ class TopologyTracker:
         return self._own_initial_signs[key]
 
     @torch.no_grad()
-    def epoch_report(self, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    def epoch_report(self, epoch: int | None = None, weights: Mapping[str, torch.Tensor] | None = None
+                     ) -> dict[str, Any]:
         """The epoch's topology metrics (flat keys + per-layer dicts); resets the epoch's churn. Syncs."""
         self.update_after_step()  # mask changes made by on_epoch_end (STR projection, PILoT pruning)
         churn = self._churn.tolist()
@@ -201,12 +190,12 @@ class TopologyTracker:
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Masks as packed bits (None: all active), the epoch's churn so far, own initial signs if any."""
-        def packed(mask):
-            return None if mask is None else pack_bits(mask)
+        def packed(mask):  # a uint8 tensor of packed bits: checkpoints load with weights_only
+            return None if mask is None else torch.from_numpy(pack_bits(mask))
 
         return {"initial": {k: packed(v) for k, v in self.initial.items()},
                 "previous": {k: packed(v) for k, v in self.previous.items()},
-                "ever": {k: pack_bits(v) for k, v in self.ever.items()},
+                "ever": {k: packed(v) for k, v in self.ever.items()},
                 "churn": self._churn.cpu().clone(), "updates": int(self._updates),
                 "initial_signs": (None if self._own_initial_signs is None
                                   else {k: v.cpu().clone() for k, v in self._own_initial_signs.items()})}
@@ -215,7 +204,7 @@ class TopologyTracker:
         device = self._churn.device
 
         def unpacked(key, value):
-            return None if value is None else unpack_bits(value, self.shapes[key]).to(device)
+            return None if value is None else unpack_bits(torch.as_tensor(value).numpy(), self.shapes[key]).to(device)
 
         self.initial = {k: unpacked(k, state["initial"][k]) for k in self.keys}
         self.previous = {k: unpacked(k, state["previous"][k]) for k in self.keys}

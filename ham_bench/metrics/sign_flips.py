@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ham_bench.metrics.meter import Meter
+
 
 class SignFlipCounter:
     def __init__(self, weights: dict[str, torch.Tensor]):
@@ -84,3 +86,29 @@ class SignFlipCounter:
             self.packed[name].copy_(value)
         self.epoch_flips.copy_(state["epoch_flips"])
         self.total_flips.copy_(state["total_flips"])
+
+
+class SignFlipMeter(Meter):
+    """The counter over the sparsifier's effective weights (every selected conv/linear layer), once per step."""
+
+    name = "sign_flips"
+    final_keys = ("sign_differs_from_init",)
+
+    def __init__(self, sparsifier):
+        self.sparsifier = sparsifier
+        self.counter = SignFlipCounter(sparsifier.effective_weights())
+
+    def on_step(self, record) -> None:
+        self.counter.update(self.sparsifier.effective_weights())
+
+    def epoch_report(self, epoch: int, weights) -> dict:
+        return self.counter.epoch_report(weights)
+
+    def summary(self) -> dict:
+        return {"sign_flips_total": int(self.counter.total_flips.sum())}  # over the reported epochs
+
+    def state_dict(self) -> dict:
+        return self.counter.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.counter.load_state_dict(state)

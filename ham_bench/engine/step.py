@@ -1,0 +1,98 @@
+"""One training step, in the one place that holds the hook order.
+
+    record = train_step(model, optimizer, sparsifier, inputs, targets, step, criterion)
+
+Order (the sparsifier contract, ``sparsifiers.base``)::
+
+    zero_grad; forward; loss.backward()
+    dense = copy of the masked tensors' gradients        if sparsifier.needs_dense_gradient(step)
+    sparsifier.mask_gradients()
+    sparsifier.before_step(step, dense)
+    optimizer.step()                                     unless sparsifier.skips_optimizer_step(step)
+        SAM (``optimizer.requires_closure``): step(closure), the closure runs
+        forward + backward at the perturbed weights, then mask_gradients
+    sparsifier.after_step(step)
+
+The trainer, the tests and the benchmarks all call this function. It returns
+a :class:`StepRecord`, what meters learn about the step; it never syncs with
+the device (losses and logits stay tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepRecord:
+    """What happened in one training step."""
+
+    step: int
+    loss: torch.Tensor            # the first forward's mean loss (detached)
+    logits: torch.Tensor          # the first forward's logits (detached, float)
+    stepped: bool                 # the optimizer step ran
+    passes: int                   # forward/backward passes (2 when SAM stepped)
+    dense_gradient: bool          # a dense gradient of the masked tensors was taken
+    masks: Mapping[str, torch.Tensor]  # the sparsifier's masks after the step
+
+
+def _forward_loss(model, inputs, targets, criterion, autocast):
+    with autocast():
+        logits = model(inputs)
+        return criterion(logits.float(), targets), logits
+
+
+def train_step(model: nn.Module, optimizer, sparsifier, inputs: torch.Tensor, targets: torch.Tensor, step: int,
+               criterion: Callable = nn.functional.cross_entropy,
+               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               mark: Callable[[str], None] | None = None) -> StepRecord:
+    """One step on one batch (``model`` may be a DDP wrapper of the model the sparsifier is attached to).
+
+    ``mark(phase)``, for benchmarks, is called at the end of each phase: ``forward_backward``,
+    ``before_step`` (dense-gradient copy, gradient masking, before_step), ``optimizer_step``, ``after_step``.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss, logits = _forward_loss(model, inputs, targets, criterion, autocast)
+    loss.backward()
+    if mark is not None:
+        mark("forward_backward")
+    dense_gradient = sparsifier.needs_dense_gradient(step)
+    dense = dense_gradients(sparsifier) if dense_gradient else None
+    sparsifier.mask_gradients()
+    sparsifier.before_step(step, dense)
+    if mark is not None:
+        mark("before_step")
+    stepped = not sparsifier.skips_optimizer_step(step)
+    passes = 1
+    if stepped:
+        if getattr(optimizer, "requires_closure", False):
+            def closure():
+                with torch.enable_grad():
+                    second, _ = _forward_loss(model, inputs, targets, criterion, autocast)
+                    second.backward()
+                sparsifier.mask_gradients()
+                return second
+
+            optimizer.step(closure)
+            passes = 2
+        else:
+            optimizer.step()
+    if mark is not None:
+        mark("optimizer_step")
+    sparsifier.after_step(step)
+    if mark is not None:
+        mark("after_step")
+    return StepRecord(step=step, loss=loss.detach(), logits=logits.detach(), stepped=stepped, passes=passes,
+                      dense_gradient=dense_gradient, masks=sparsifier.masks())
+
+
+@torch.no_grad()
+def dense_gradients(sparsifier) -> dict[str, torch.Tensor]:
+    """A copy of the full gradient of every tensor the sparsifier masks, taken before masking."""
+    return {key: tensor.grad.detach().clone() for key, tensor in sparsifier.masked_tensors().items()
+            if tensor.grad is not None}

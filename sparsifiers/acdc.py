@@ -67,7 +67,6 @@ class ACDCSparsifier(MaskedSparsifier):
                 raise ConfigError(f"sparsifier.{key} must be > 0, got 0")
         self.phase = DENSE
         self.phase_bounds: dict[str, int] = {}
-        self.compressed_densities: dict[str, torch.Tensor] = {}  # the last compression's layer densities (global)
 
     # ---- schedule ------------------------------------------------------------------
     def _steps(self, length: float) -> int:
@@ -162,8 +161,6 @@ class ACDCSparsifier(MaskedSparsifier):
             return
         if phase == COMPRESSED:
             self.set_masks(self.magnitude_masks(), reset_pruned_state=True)
-            if self.selection.distribution == "global":  # device tensors: read at report time, no sync here
-                self.compressed_densities = {key: mask.float().mean() for key, mask in self.mask_by_name.items()}
         elif self.phase == COMPRESSED:  # decompression: all-ones mask, the optimizer as if freshly created
             self.set_masks({})
             reset_state(self.optimizer)
@@ -180,18 +177,12 @@ class ACDCSparsifier(MaskedSparsifier):
         if step < self.phase_bounds["total"]:
             self._enter(self.phase_at(step))
 
-    def target_densities(self) -> dict[str, float]:
-        """Per-layer targets. Under ``global`` only the total is fixed: every masked layer shows
-        ``1 - sparsity`` until the first compression, then the densities the last compression chose."""
-        return {**super().target_densities(), **{k: float(v) for k, v in self.compressed_densities.items()}}
-
     def extra_metrics(self) -> dict[str, Any]:
         return {"acdc_phase": self.phase}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "phase": self.phase, "compressed_densities": dict(self.compressed_densities)}
+        return {**super().state_dict(), "phase": self.phase}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.phase = state["phase"]
-        self.compressed_densities = {k: torch.as_tensor(v) for k, v in state.get("compressed_densities", {}).items()}

@@ -61,6 +61,7 @@ class MaskedSparsifier(Sparsifier):
         super().__init__(*args, **kwargs)
         self.mask_by_name: dict[str, torch.Tensor] = {}
         self.target_density_by_name: dict[str, float] = {}
+        self.chosen_densities: dict[str, torch.Tensor] = {}  # under global: the split the last top-k chose
         self.tensors: MaskedTensors | None = None  # injected by a wrapper, else set in attach
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class MaskedSparsifier(Sparsifier):
         """Adopt ``masks`` (``{}``: no masking) and zero the masked weights; optionally give the newly
         masked entries a fresh optimizer state, so a later regrowth starts clean."""
         self.mask_by_name = dict(masks)
+        if self.mask_by_name and self.selection.distribution == "global":  # device tensors: no sync here
+            self.chosen_densities = {key: mask.float().mean() for key, mask in self.mask_by_name.items()}
         self.apply_masks()
         if reset_pruned_state:
             for key, mask in self.mask_by_name.items():
@@ -144,12 +147,17 @@ class MaskedSparsifier(Sparsifier):
         return {key: self.tensors.get(key) for key in self.mask_by_name}
 
     def target_densities(self) -> dict[str, float]:
-        return dict(self.target_density_by_name) or super().target_densities()
+        """Per-layer targets. Under ``global`` only the total is fixed: every masked layer shows ``1 - sparsity``
+        until a top-k chooses the split, then the densities the last one chose (kept through dense phases)."""
+        targets = dict(self.target_density_by_name) or super().target_densities()
+        return {**targets, **{key: float(density) for key, density in self.chosen_densities.items()}}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": {k: v.clone() for k, v in self.mask_by_name.items()}}
+        return {"masks": {k: v.clone() for k, v in self.mask_by_name.items()},
+                "chosen_densities": {k: v.clone() for k, v in self.chosen_densities.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.mask_by_name = {key: mask.to(self.tensors.get(key).device, torch.bool)
-                             for key, mask in state.get("masks", {}).items()}
+                             for key, mask in state["masks"].items()}
+        self.chosen_densities = {key: torch.as_tensor(value) for key, value in state["chosen_densities"].items()}
         self.apply_masks()

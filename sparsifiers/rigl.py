@@ -153,8 +153,9 @@ class RigLSparsifier(MaskedSparsifier):
                 "rigl_updates": self.updates_done}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "updates_done": self.updates_done}
+        return {**super().state_dict(), "updates_done": self.updates_done, "next_step": self.next_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.updates_done = state.get("updates_done", 0)
+        self.updates_done = state["updates_done"]
+        self.next_step = state["next_step"]

@@ -16,6 +16,7 @@ is removed, so no half-made run dir is left behind.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import sys
@@ -27,6 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE_ERROR = 2
+
+
+def run_group(experiment: str | None) -> str:
+    """The output folder of a run: ``<experiment>/<date>``, or ``<date>`` without an experiment."""
+    date = datetime.datetime.now().strftime("%Y-%m-%d")
+    return date if experiment in (None, "None", "null") else f"{experiment}/{date}"
+
+
+OmegaConf.register_new_resolver("run_group", run_group, replace=True)  # hydra.run.dir in configs/train.yaml
 
 
 def _fail(message: str, run_dir: Path | None) -> None:
@@ -73,12 +83,7 @@ def app(cfg: DictConfig) -> float | None:
         from ham_bench.run import run_experiment
 
         summary = run_experiment(cfg, run_dir, resume_state)
-    except (ConfigError, DatasetNotFoundError) as exc:
-        _fail(str(exc).splitlines()[0], run_dir)
-    except (ValueError, TypeError) as exc:
-        # builders name the offending key in their messages (e.g. "model.name must be one of ...")
-        if "must be" not in str(exc) and "unknown" not in str(exc).lower():
-            raise
+    except (ConfigError, DatasetNotFoundError) as exc:  # user errors: one line, exit 2; anything else is a bug
         _fail(str(exc).splitlines()[0], run_dir)
     distributed.finish()
     return summary.get("final_test_acc")

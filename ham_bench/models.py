@@ -28,6 +28,8 @@ from typing import Mapping, Sequence
 import torch.nn as nn
 from omegaconf import OmegaConf
 
+from sparsifiers.config import ConfigError, choice, flag
+
 MODELS = ("mlp", "cnn", "resnet18_cifar", "resnet50", "timm")
 
 
@@ -64,7 +66,7 @@ class SmallCNN(nn.Sequential):
             layers.append(nn.ReLU(inplace=True))
             width, size = out, size // 2
         if size < 1:
-            raise ValueError(f"model.channels must have at most {image_size.bit_length() - 1} blocks for "
+            raise ConfigError(f"model.channels must have at most {image_size.bit_length() - 1} blocks for "
                              f"{image_size}x{image_size} inputs (got {len(channels)})")
         layers += [nn.Flatten(), nn.Linear(width * size * size, num_classes)]
         super().__init__(*layers)
@@ -102,8 +104,8 @@ def timm_model(name: str | None, num_classes: int, in_channels: int, image_size:
     import timm
 
     if not name or not timm.is_model(name):
-        raise ValueError(f"model.timm_name must be a timm model name, e.g. resnet18 or vit_tiny_patch16_224 "
-                         f"(got {name!r}; see timm.list_models())")
+        raise ConfigError(f"model.timm_name must be a timm model name, e.g. resnet18 or vit_tiny_patch16_224 "
+                          f"(got {name!r}; see timm.list_models())")
     if OmegaConf.is_config(kwargs):
         kwargs = OmegaConf.to_container(kwargs, resolve=True)
     kwargs = dict(kwargs or {})
@@ -117,8 +119,44 @@ def timm_model(name: str | None, num_classes: int, in_channels: int, image_size:
     return timm.create_model(name, **common, **kwargs)
 
 
+MODEL_KEYS = {"mlp": ("hidden",), "cnn": ("channels", "batch_norm"), "resnet18_cifar": ("zero_init_residual",),
+              "resnet50": ("zero_init_residual",), "timm": ("timm_name", "pretrained", "kwargs")}
+
+
+def _widths(key: str, value) -> list[int]:
+    widths = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ConfigError(f"model.{key} must be a non-empty list of integers >= 1, got {value!r}")
+    return widths
+
+
+def model_settings(cfg: Mapping) -> dict:
+    """The ``model`` config checked (ConfigError naming the key); the timm name is looked up in timm."""
+    name = choice("name", cfg.get("name"), MODELS, where="model")
+    unknown = sorted(set(cfg) - {"name", *MODEL_KEYS[name]})
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]} is not a setting of model={name}; allowed: "
+                          f"{', '.join(('name', *MODEL_KEYS[name]))}")
+    settings = dict(cfg)
+    for key in ("batch_norm", "zero_init_residual", "pretrained"):
+        if key in cfg:
+            flag(key, cfg[key], where="model")
+    if name == "mlp":
+        settings["hidden"] = _widths("hidden", cfg.get("hidden", (300, 100)))
+    if name == "cnn":
+        settings["channels"] = _widths("channels", cfg.get("channels", (16, 32)))
+    if name == "timm":
+        import timm
+
+        if not isinstance(cfg.get("timm_name"), str) or not timm.is_model(cfg["timm_name"]):
+            raise ConfigError(f"model.timm_name must be a timm model name, e.g. resnet18 or vit_tiny_patch16_224 "
+                              f"(got {cfg.get('timm_name')!r}; see timm.list_models())")
+    return settings
+
+
 def build_model(cfg: Mapping, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """The model ``cfg.name`` for inputs ``(in_channels, image_size, image_size)`` and ``num_classes`` outputs."""
+    cfg = model_settings(cfg)
     name = cfg.get("name")
     if name == "mlp":
         return MLP(in_channels * image_size * image_size, list(cfg.get("hidden", (300, 100))), num_classes)
@@ -132,4 +170,4 @@ def build_model(cfg: Mapping, num_classes: int, in_channels: int, image_size: in
     if name == "timm":
         return timm_model(cfg.get("timm_name"), num_classes, in_channels, image_size,
                           pretrained=bool(cfg.get("pretrained", False)), kwargs=cfg.get("kwargs"))
-    raise ValueError(f"model.name must be one of {', '.join(MODELS)} (got {name!r})")
+    raise AssertionError(name)  # model_settings checked the name

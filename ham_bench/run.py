@@ -36,6 +36,7 @@ from ham_bench.optim import build_optimizer
 from ham_bench.schedule import build_scheduler
 from sparsifiers import build_sparsifier
 from sparsifiers.base import TrainingContext
+from sparsifiers.config import ConfigError
 
 log = logging.getLogger("ham_bench")
 
@@ -65,6 +66,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
     train_loader = build_loader(data.train, cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                                 seed=cfg.seed, drop_last=True, pin_memory=pin,
                                 sampler=distributed.train_sampler(data.train, cfg.seed))
+    if len(train_loader) == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the training set ({len(data.train)} samples"
+                          f"{' on this rank' if distributed.is_distributed() else ''}); use a smaller batch_size")
     eval_loader = build_loader(data.eval, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
                                seed=cfg.seed, pin_memory=pin, sampler=distributed.eval_sampler(data.eval))
     model = build_model(cfg.model, data.num_classes, data.in_channels, data.image_size).to(device)

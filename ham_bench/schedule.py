@@ -9,11 +9,36 @@ optimizer's, so HAM reads the scheduled lr of the current step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from sparsifiers.config import ConfigError, choice, number
+
 SCHEDULES = ("cosine", "multistep")
+SCHEDULE_KEYS = {"cosine": ("name", "warmup_epochs", "min_lr_factor"),
+                 "multistep": ("name", "warmup_epochs", "milestones", "gamma")}
+
+
+def schedule_settings(cfg: Mapping, epochs: int) -> dict:
+    """The ``schedule`` config checked against the run length (ConfigError naming the key)."""
+    name = choice("name", cfg.get("name"), SCHEDULES, where="schedule")
+    unknown = sorted(set(cfg) - set(SCHEDULE_KEYS[name]))
+    if unknown:
+        raise ConfigError(f"schedule.{unknown[0]} is not a setting of schedule={name}; allowed: "
+                          f"{', '.join(SCHEDULE_KEYS[name])}")
+    settings = {"name": name, "warmup_epochs": number("warmup_epochs", cfg.get("warmup_epochs", 0), low=0.0,
+                                                      high=epochs, high_open=True, where="schedule")}
+    if name == "cosine":
+        settings["min_lr_factor"] = number("min_lr_factor", cfg.get("min_lr_factor", 0.0), low=0.0, high=1.0,
+                                           where="schedule")
+    else:
+        milestones = cfg.get("milestones", ())
+        if not isinstance(milestones, Sequence) or isinstance(milestones, str):
+            raise ConfigError(f"schedule.milestones must be a list of epochs, got {milestones!r}")
+        settings["milestones"] = [number("milestones", m, low=0.0, where="schedule") for m in milestones]
+        settings["gamma"] = number("gamma", cfg.get("gamma", 0.1), low=0.0, high=1.0, low_open=True, where="schedule")
+    return settings
 
 
 def lr_factor(step: int, cfg: Mapping, steps_per_epoch: int, total_steps: int) -> float:
@@ -31,7 +56,7 @@ def lr_factor(step: int, cfg: Mapping, steps_per_epoch: int, total_steps: int) -
         epoch = step / steps_per_epoch
         passed = sum(1 for milestone in cfg.get("milestones", ()) if epoch >= milestone)
         return float(cfg.get("gamma", 0.1)) ** passed
-    raise ValueError(f"schedule.name must be one of {list(SCHEDULES)}, got {name!r}")
+    raise ConfigError(f"schedule.name must be one of [{', '.join(SCHEDULES)}], got {name!r}")
 
 
 def build_scheduler(optimizer, cfg: Mapping, steps_per_epoch: int, total_steps: int) -> LambdaLR:

@@ -38,7 +38,8 @@ def number(key: str, value: Any, kind=float, *, low: float | None = None, high: 
     too_low = low is not None and (parsed <= low if low_open else parsed < low)
     too_high = high is not None and (parsed >= high if high_open else parsed > high)
     if too_low or too_high:
-        raise ConfigError(f"{label} must be {_range(low, high, low_open, high_open)}, got {value!r}")
+        kind_text = "an integer " if kind is int else ""
+        raise ConfigError(f"{label} must be {kind_text}{_range(low, high, low_open, high_open)}, got {value!r}")
     return parsed
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ham_bench import data
+from ham_bench.data import sources  # noqa: F401 (data.sources, patched below)
 from ham_bench.data import DatasetNotFoundError, ImageBatch, build_datasets, build_loader, read_idx
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
@@ -126,7 +127,7 @@ def test_real_fashion_mnist_from_the_debian_package():
 
 
 def test_default_root_falls_back_to_the_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.setattr(data.sources, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
     monkeypatch.setenv("HAM_BENCH_DATA", str(tmp_path / "data"))
     with pytest.raises(DatasetNotFoundError) as missing:
         build_datasets(dataset_config("fashion_mnist"))
@@ -345,10 +346,11 @@ def test_loader_workers_reproduce_augmented_batches(tmp_path):
 
 
 def test_bad_values_name_the_key():
-    cases = {"name": ("mnist", "dataset.name must be one of fashion_mnist, cifar100, imagenet, fake"),
-             "eval_split": ("train", "dataset.eval_split must be one of test, val"),
+    cases = {"name": ("mnist", r"dataset.name must be one of \[fashion_mnist, cifar100, imagenet, fake\]"),
+             "eval_split": ("train", r"dataset.eval_split must be one of \[test, val\]"),
              "val_fraction": (1.0, "dataset.val_fraction must be in"),
-             "subset": (0, "dataset.subset must be null or an integer >= 1")}
+             "subset": (0, "dataset.subset must be an integer >= 1"),
+             "subsett": (5, "dataset.subsett is not a setting of dataset=fake")}
     for key, (value, message) in cases.items():
         with pytest.raises(ValueError, match=message):
             build_datasets(dataset_config("fake", **{key: value}))

@@ -114,6 +114,6 @@ def test_timm_models_by_name_follow_the_data_shape():
 
 
 def test_unknown_model_name_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"model.name must be one of mlp, cnn, resnet18_cifar, resnet50, timm "
-                                         r"\(got 'vgg'\)"):
+    with pytest.raises(ValueError, match=r"model.name must be one of \[mlp, cnn, resnet18_cifar, resnet50, timm\], "
+                                         r"got 'vgg'"):
         build_model({"name": "vgg"}, 10, 3, 32)

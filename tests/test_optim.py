@@ -19,6 +19,7 @@ from torch import nn
 
 from ham_bench.optim import HAM, SAM, build_optimizer
 from ham_bench.optim import ham_kernels
+from sparsifiers.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -785,19 +786,20 @@ def test_build_optimizer_groups_and_wrapping():
     assert len(no_norm_rule.param_groups) == 1 and no_norm_rule.param_groups[0]["weight_decay"] == 0.01
 
 
-@pytest.mark.parametrize("cfg, ham_cfg, error, message", [
-    ({"name": "sgd", "lr": -1}, None, ValueError, r"optimizer\.lr must be > 0, got -1"),
-    ({"name": "rmsprop", "lr": 0.1}, None, ValueError, r"optimizer\.name must be one of sgd, adamw, sam"),
-    ({"name": "sgd", "lr": 0.1, "momentun": 0.9}, None, ValueError, r"unknown key\(s\) momentun"),
-    ({"name": "sgd", "lr": 0.1, "nesterov": True}, None, ValueError, r"optimizer\.nesterov"),
-    ({"name": "sam", "base": "lion", "lr": 0.1}, None, ValueError, r"optimizer\.base must be one of sgd, adamw"),
-    ({"name": "adamw", "lr": 0.1, "betas": [0.9, 1.5]}, None, ValueError, r"optimizer\.betas must be < 1"),
-    ({"name": "sgd", "lr": "fast"}, None, TypeError, r"optimizer\.lr must be a number"),
-    ({"name": "sgd", "lr": 0.1}, {"variant": "hyper"}, ValueError, r"ham\.variant must be one of hyp_star, hyp"),
-    ({"name": "sgd", "lr": 0.1}, {"alpha": -1.0}, ValueError, r"ham\.alpha must be >= 0"),
-    ({"name": "sgd", "lr": 0.1}, {"clamp": 0}, ValueError, r"ham\.clamp must be > 0"),
-    ({"name": "sgd", "lr": 0.1}, {"enabled": True, "alhpa": 1.0}, ValueError, r"ham has unknown key\(s\) alhpa"),
+@pytest.mark.parametrize("cfg, ham_cfg, message", [
+    ({"name": "sgd", "lr": -1}, None, r"optimizer\.lr must be > 0, got -1"),
+    ({"name": "rmsprop", "lr": 0.1}, None, r"optimizer\.name must be one of \[sgd, adamw, sam\]"),
+    ({"name": "sgd", "lr": 0.1, "momentun": 0.9}, None, r"unknown key\(s\) momentun"),
+    ({"name": "sgd", "lr": 0.1, "nesterov": True}, None, r"optimizer\.nesterov"),
+    ({"name": "sgd", "lr": 0.1, "momentum": 2}, None, r"optimizer\.momentum must be in \[0, 1\), got 2"),
+    ({"name": "sam", "base": "lion", "lr": 0.1}, None, r"optimizer\.base must be one of \[sgd, adamw\]"),
+    ({"name": "adamw", "lr": 0.1, "betas": [0.9, 1.5]}, None, r"optimizer\.betas must be in \[0, 1\)"),
+    ({"name": "sgd", "lr": "fast"}, None, r"optimizer\.lr must be a number"),
+    ({"name": "sgd", "lr": 0.1}, {"variant": "hyper"}, r"ham\.variant must be one of \[hyp_star, hyp\]"),
+    ({"name": "sgd", "lr": 0.1}, {"alpha": -1.0}, r"ham\.alpha must be >= 0"),
+    ({"name": "sgd", "lr": 0.1}, {"clamp": 0}, r"ham\.clamp must be > 0"),
+    ({"name": "sgd", "lr": 0.1}, {"enabled": True, "alhpa": 1.0}, r"ham has unknown key\(s\) alhpa"),
 ])
-def test_build_optimizer_bad_values(cfg, ham_cfg, error, message):
-    with pytest.raises(error, match=message):
+def test_build_optimizer_bad_values(cfg, ham_cfg, message):
+    with pytest.raises(ConfigError, match=message):
         build_optimizer(_Net(), cfg, ham_cfg)

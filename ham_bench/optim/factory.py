@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from sparsifiers.config import ConfigError, choice, flag, number
+
 from .ham import HAM, IMPLEMENTATIONS, VARIANTS
 from .sam import SAM
 
-__all__ = ["build_optimizer", "OPTIMIZER_NAMES"]
+__all__ = ["OPTIMIZER_NAMES", "OptimizerSettings", "build_optimizer", "optimizer_settings"]
 
 OPTIMIZER_NAMES = ("sgd", "adamw", "sam")
 _SAM_BASES = ("sgd", "adamw")
@@ -33,40 +36,24 @@ def _plain(cfg: Any, name: str) -> dict[str, Any]:
     except ImportError:  # omegaconf is optional for this module
         pass
     if not isinstance(cfg, Mapping):
-        raise TypeError(f"{name} config must be a mapping, got {type(cfg).__name__}")
+        raise ConfigError(f"{name} config must be a mapping, got {type(cfg).__name__}")
     return {k: v for k, v in cfg.items() if not str(k).startswith("_")}
 
 
 def _number(cfg: dict, key: str, where: str, default=None, *, positive=False, low=None, high=None) -> float:
     value = cfg.get(key, default)
     if value is None:
-        raise ValueError(f"{where}.{key} is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{where}.{key} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{where}.{key} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{where}.{key} must be > 0, got {value:g}")
-    if low is not None and value < low:
-        raise ValueError(f"{where}.{key} must be >= {low:g}, got {value:g}")
-    if high is not None and value >= high:
-        raise ValueError(f"{where}.{key} must be < {high:g}, got {value:g}")
-    return value
+        raise ConfigError(f"{where}.{key} is required")
+    return float(number(key, value, low=0.0 if positive else low, low_open=positive, high=high,
+                        high_open=high is not None, where=where))
 
 
 def _flag(cfg: dict, key: str, where: str, default: bool) -> bool:
-    value = cfg.get(key, default)
-    if not isinstance(value, bool):
-        raise TypeError(f"{where}.{key} must be true or false, got {value!r}")
-    return value
+    return flag(key, cfg.get(key, default), where=where)
 
 
 def _choice(cfg: dict, key: str, where: str, allowed: tuple[str, ...], default=None) -> str:
-    value = cfg.get(key, default)
-    if value not in allowed:
-        raise ValueError(f"{where}.{key} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
+    return choice(key, cfg.get(key, default), allowed, where=where)
 
 
 def _named_parameters(model_or_named_params) -> tuple[list[tuple[str, nn.Parameter]], set[int]]:
@@ -92,18 +79,66 @@ def _named_parameters(model_or_named_params) -> tuple[list[tuple[str, nn.Paramet
 
 def _base_kwargs(name: str, cfg: dict, where: str) -> dict[str, Any]:
     if name == "sgd":
-        momentum = _number(cfg, "momentum", where, 0.0, low=0.0)
-        dampening = _number(cfg, "dampening", where, 0.0, low=0.0)
+        momentum = _number(cfg, "momentum", where, 0.0, low=0.0, high=1.0)
+        dampening = float(number("dampening", cfg.get("dampening", 0.0), low=0.0, high=1.0, where=where))
         nesterov = _flag(cfg, "nesterov", where, False)
         if nesterov and (momentum == 0 or dampening != 0):
-            raise ValueError(f"{where}.nesterov=true needs {where}.momentum > 0 and {where}.dampening = 0")
+            raise ConfigError(f"{where}.nesterov=true needs {where}.momentum > 0 and {where}.dampening = 0")
         return {"momentum": momentum, "dampening": dampening, "nesterov": nesterov}
     betas = cfg.get("betas", (0.9, 0.999))
     if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
-        raise ValueError(f"{where}.betas must be a pair [beta1, beta2], got {betas!r}")
+        raise ConfigError(f"{where}.betas must be a pair [beta1, beta2], got {betas!r}")
     for b in betas:
         _number({"betas": b}, "betas", where, low=0.0, high=1.0)
     return {"betas": (float(betas[0]), float(betas[1])), "eps": _number(cfg, "eps", where, 1e-8, positive=True)}
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The ``optimizer`` and ``ham`` configs, checked: what ``build_optimizer`` builds."""
+
+    name: str
+    base: str
+    lr: float
+    weight_decay: float
+    no_decay_bias_norm: bool
+    base_kwargs: dict
+    sam: dict | None     # rho, adaptive
+    ham: dict | None     # HAM's keyword arguments; None: HAM off
+
+
+def optimizer_settings(optimizer_cfg, ham_cfg=None) -> OptimizerSettings:
+    """Check the ``optimizer`` and ``ham`` configs (ConfigError naming the key); see :func:`build_optimizer`."""
+    cfg = _plain(optimizer_cfg, "optimizer")
+    where = "optimizer"
+    name = _choice(cfg, "name", where, OPTIMIZER_NAMES)
+    base_name = _choice(cfg, "base", where, _SAM_BASES, "sgd") if name == "sam" else name
+    allowed = _COMMON_KEYS | _BASE_KEYS[base_name] | ({"base", "rho", "adaptive"} if name == "sam" else set())
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)} for name={name}"
+                          f"{f' base={base_name}' if name == 'sam' else ''}; allowed: {', '.join(sorted(allowed))}")
+    sam = None
+    if name == "sam":
+        sam = {"rho": _number(cfg, "rho", where, 0.05, positive=True),
+               "adaptive": _flag(cfg, "adaptive", where, False)}
+    ham = _plain(ham_cfg, "ham")
+    unknown = sorted(set(ham) - _HAM_KEYS)
+    if unknown:
+        raise ConfigError(f"ham has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_HAM_KEYS))}")
+    ham_kwargs = None
+    if ham and _flag(ham, "enabled", "ham", True):
+        ham_kwargs = {"alpha": _number(ham, "alpha", "ham", 200.0, low=0.0),
+                      "beta": _number(ham, "beta", "ham", 1e-3, low=0.0),
+                      "variant": _choice(ham, "variant", "ham", VARIANTS, "hyp_star"),
+                      "clamp": _clamp(ham),
+                      "implementation": _choice(ham, "implementation", "ham", IMPLEMENTATIONS, "auto"),
+                      "diagnostics": _flag(ham, "diagnostics", "ham", False)}
+    return OptimizerSettings(
+        name=name, base=base_name, lr=_number(cfg, "lr", where, positive=True),
+        weight_decay=_number(cfg, "weight_decay", where, 0.01 if base_name == "adamw" else 0.0, low=0.0),
+        no_decay_bias_norm=_flag(cfg, "no_decay_bias_norm", where, True),
+        base_kwargs=_base_kwargs(base_name, cfg, where), sam=sam, ham=ham_kwargs)
 
 
 def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_groups: Iterable[Mapping] = ()):
@@ -112,31 +147,20 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
     ``optimizer_cfg`` (mapping or DictConfig): ``name`` (sgd | adamw | sam),
     ``lr`` (required), ``weight_decay`` (default 0 for sgd, 0.01 for adamw as in
     torch), ``no_decay_bias_norm`` (default true: 1-D parameters and parameters
-    of norm layers get weight_decay 0); sgd: ``momentum`` (0), ``dampening`` (0),
-    ``nesterov`` (false); adamw: ``betas`` ([0.9, 0.999]), ``eps`` (1e-8); sam:
-    ``base`` (sgd | adamw, default sgd), ``rho`` (0.05), ``adaptive`` (false) plus
-    the base's keys. Keys starting with ``_`` are ignored; unknown keys raise.
+    of norm layers get weight_decay 0); sgd: ``momentum`` (0, in [0, 1)),
+    ``dampening`` (0), ``nesterov`` (false); adamw: ``betas`` ([0.9, 0.999]),
+    ``eps`` (1e-8); sam: ``base`` (sgd | adamw, default sgd), ``rho`` (0.05,
+    > 0), ``adaptive`` (false) plus the base's keys. Keys starting with ``_``
+    are ignored; unknown keys raise.
 
     ``ham_cfg``: ``enabled`` (default true when the mapping is given), ``variant``,
     ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics`` (defaults
     as in :class:`HAM`). ``extra_groups``: dicts ``{"params": [...], **group
     keys}`` (e.g. a sparsifier's thresholds with ``weight_decay`` and ``ham:
     False``); their parameters are taken out of the default groups.
+    Bad settings raise ``ConfigError`` (``optimizer_settings``).
     """
-    cfg = _plain(optimizer_cfg, "optimizer")
-    where = "optimizer"
-    name = _choice(cfg, "name", where, OPTIMIZER_NAMES)
-    base_name = _choice(cfg, "base", where, _SAM_BASES, "sgd") if name == "sam" else name
-    allowed = _COMMON_KEYS | _BASE_KEYS[base_name] | ({"base", "rho", "adaptive"} if name == "sam" else set())
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)} for name={name}"
-                         f"{f' base={base_name}' if name == 'sam' else ''}; allowed: {', '.join(sorted(allowed))}")
-    lr = _number(cfg, "lr", where, positive=True)
-    weight_decay = _number(cfg, "weight_decay", where, 0.01 if base_name == "adamw" else 0.0, low=0.0)
-    no_decay_bias_norm = _flag(cfg, "no_decay_bias_norm", where, True)
-    kwargs = _base_kwargs(base_name, cfg, where)
-
+    settings = optimizer_settings(optimizer_cfg, ham_cfg)
     named, norm_ids = _named_parameters(model_or_named_params)
     groups, taken = [], set()
     for index, extra in enumerate(extra_groups):
@@ -153,37 +177,21 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
     for _, p in named:
         if id(p) in taken:
             continue
-        (no_decay if no_decay_bias_norm and (p.dim() <= 1 or id(p) in norm_ids) else decay).append(p)
-    default_groups = [{"params": decay, "weight_decay": weight_decay}]
+        (no_decay if settings.no_decay_bias_norm and (p.dim() <= 1 or id(p) in norm_ids) else decay).append(p)
+    default_groups = [{"params": decay, "weight_decay": settings.weight_decay}]
     if no_decay:
         default_groups.append({"params": no_decay, "weight_decay": 0.0})
     groups = [g for g in default_groups if g["params"]] + groups
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")
 
-    base_cls = torch.optim.SGD if base_name == "sgd" else torch.optim.AdamW
-    if name == "sam":
-        rho = _number(cfg, "rho", where, 0.05, low=0.0)
-        adaptive = _flag(cfg, "adaptive", where, False)
-        optimizer = SAM(groups, base_cls, rho=rho, adaptive=adaptive, lr=lr, weight_decay=weight_decay, **kwargs)
+    base_cls = torch.optim.SGD if settings.base == "sgd" else torch.optim.AdamW
+    common = {"lr": settings.lr, "weight_decay": settings.weight_decay, **settings.base_kwargs}
+    if settings.sam is not None:
+        optimizer = SAM(groups, base_cls, **settings.sam, **common)
     else:
-        optimizer = base_cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
-
-    ham = _plain(ham_cfg, "ham")
-    unknown = sorted(set(ham) - _HAM_KEYS)
-    if unknown:
-        raise ValueError(f"ham has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_HAM_KEYS))}")
-    if not ham or not _flag(ham, "enabled", "ham", True):
-        return optimizer
-    return HAM(
-        optimizer,
-        alpha=_number(ham, "alpha", "ham", 200.0, low=0.0),
-        beta=_number(ham, "beta", "ham", 1e-3, low=0.0),
-        variant=_choice(ham, "variant", "ham", VARIANTS, "hyp_star"),
-        clamp=_clamp(ham),
-        implementation=_choice(ham, "implementation", "ham", IMPLEMENTATIONS, "auto"),
-        diagnostics=_flag(ham, "diagnostics", "ham", False),
-    )
+        optimizer = base_cls(groups, **common)
+    return optimizer if settings.ham is None else HAM(optimizer, **settings.ham)
 
 
 def _clamp(ham: dict) -> float:

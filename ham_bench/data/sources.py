@@ -1,29 +1,10 @@
-"""Datasets and loaders: Fashion-MNIST, CIFAR-100, ImageNet (ImageFolder) and FakeData.
+"""Dataset files: Fashion-MNIST (idx), CIFAR-100 (python pickles), ImageNet (ImageFolder) and FakeData.
 
-``build_datasets(cfg)`` returns a :class:`DataBundle` (train set, eval set and
-their shape); ``build_loader`` wraps one set in a seeded ``DataLoader``.
-
-Choices, shared by every dataset:
-
-* ``eval_split: test`` evaluates on the official test split (ImageNet: ``val/``)
-  and trains on the *whole* training split, the protocol behind published
-  numbers. ``eval_split: val`` holds out ``val_fraction`` of the training split
-  as validation and trains on the rest. The hold-out is a permutation with the
-  fixed seed ``SPLIT_SEED`` (not the run's seed), so every run, seed and sweep
-  sees the same validation samples; they get the eval transform (no
-  augmentation).
-* ``subset: N`` (for fast tests) keeps the first N samples of the training
-  split in a fixed permutation (seed ``SPLIT_SEED``; with ``eval_split: val`` the
-  permutation that carved out validation) and the first ``max(1, N // 6)`` of
-  the eval split, likewise permuted. A fixed random pick rather than the first
-  N in file order, because ImageFolder lists files class by class.
-* Fashion-MNIST and CIFAR-100 are parsed straight from their files (idx,
-  gzipped or not; CIFAR-100 python pickles) into uint8 tensors held in memory.
-  Batches are fetched whole (``__getitems__``), augmented with vectorized
-  tensor ops and normalized per batch (the same arithmetic as ToTensor +
-  Normalize): no PIL and no per-sample Python work, at a quarter of the memory
-  of a pre-normalized float copy. torchvision is used for downloading, and
-  for ImageNet (ImageFolder + the standard transforms) and FakeData.
+Each reader returns ``(train, train_eval_view, test, meta)``: the training set,
+the same samples without augmentation (for a validation hold-out), the test
+set and ``meta`` (``num_classes``, ``in_channels``, ``image_size``).
+Missing files raise :class:`DatasetNotFoundError` with one line saying where
+we looked and how to get them.
 """
 
 from __future__ import annotations
@@ -32,18 +13,13 @@ import copy
 import gzip
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-DATASETS = ("fashion_mnist", "cifar100", "imagenet", "fake")
-EVAL_SPLITS = ("test", "val")
-SPLIT_SEED = 0  # fixes the validation hold-out and the `subset` pick, independent of the run's seed
+from ham_bench.data.images import InMemoryImageDataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 FASHION_MNIST_FILES = {
@@ -60,120 +36,6 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 class DatasetNotFoundError(FileNotFoundError):
     """Dataset files are missing; the message is one line: where we looked and how to get them."""
-
-
-@dataclass
-class DataBundle:
-    """What a run needs to know about its data."""
-
-    train: Dataset
-    eval: Dataset
-    num_classes: int
-    in_channels: int
-    image_size: int
-    name: str
-    eval_split_name: str  # "test" or "val"
-
-
-class ImageBatch(NamedTuple):
-    """A batch fetched whole by :class:`InMemoryImageDataset`; unpacks as ``images, labels``."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-class InMemoryImageDataset(Dataset):
-    """uint8 images ``(N, C, H, W)`` and int64 labels in memory, served a batch at a time.
-
-    ``__getitems__`` (used by DataLoader for batched fetches) gathers the batch,
-    applies the optional augmentation (random crop with zero padding
-    ``crop_padding`` on the uint8 image, as torchvision's RandomCrop does before
-    Normalize, and a horizontal flip with probability 1/2; one gather for both),
-    then normalizes with
-    ``(x / 255 - mean) / std``. Random draws come from torch's global generator,
-    which DataLoader seeds per worker. ``indices`` selects samples without copying.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 crop_padding: int = 0, flip: bool = False, indices: torch.Tensor | None = None):
-        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
-            raise ValueError(f"expected uint8 images (N, C, H, W) and N labels, got {tuple(images.shape)} "
-                             f"{images.dtype} and {len(labels)} labels")
-        self.images = images
-        self.labels = labels.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.crop_padding = crop_padding
-        self.flip = flip
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.images) if self.indices is None else len(self.indices)
-
-    def view(self, indices: torch.Tensor | None = None, augment: bool | None = None) -> "InMemoryImageDataset":
-        """The same storage restricted to ``indices`` (positions in this view); ``augment=False`` drops augmentation."""
-        if indices is not None and self.indices is not None:
-            indices = self.indices[indices]
-        elif indices is None:
-            indices = self.indices
-        clone = copy.copy(self)
-        clone.indices = indices
-        if augment is False:
-            clone.crop_padding, clone.flip = 0, False
-        return clone
-
-    def __getitems__(self, positions: Sequence[int]) -> ImageBatch:
-        index = torch.as_tensor(positions, dtype=torch.long)
-        if self.indices is not None:
-            index = self.indices[index]
-        images = self.images[index]
-        if self.crop_padding or self.flip:
-            images = _random_crop_flip(images, self.crop_padding, self.flip)
-        images = images.float().div_(255).sub_(self.mean).div_(self.std)
-        return ImageBatch(images, self.labels[index])
-
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
-        if not -len(self) <= position < len(self):
-            raise IndexError(f"index {position} out of range for {len(self)} samples")
-        images, labels = self.__getitems__([position % len(self)])
-        return images[0], int(labels[0])
-
-
-def _random_crop_flip(images: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
-    """Per-sample random crop (original size, from the zero-padded image) and/or flip, as one gather."""
-    n, c, h, w = images.shape
-    if padding:
-        images = F.pad(images, (padding,) * 4)
-    padded_h, padded_w = h + 2 * padding, w + 2 * padding
-    top = torch.randint(0, 2 * padding + 1, (n, 1, 1))
-    left = torch.randint(0, 2 * padding + 1, (n, 1, 1))
-    cols = torch.arange(w).expand(n, 1, w)
-    if flip:
-        cols = torch.where(torch.rand(n, 1, 1) < 0.5, w - 1 - cols, cols)
-    pixels = (top + torch.arange(h).view(1, h, 1)) * padded_w + left + cols  # (n, h, w) offsets in one plane
-    index = torch.arange(c).view(1, c, 1, 1) * (padded_h * padded_w) + pixels.unsqueeze(1)
-    return images.reshape(n, -1).gather(1, index.view(n, -1)).view(n, c, h, w)
-
-
-def collate_batch(batch: Any) -> Any:
-    """Batches fetched whole pass through; lists of samples get torch's default collation."""
-    return batch if isinstance(batch, ImageBatch) else default_collate(batch)
-
-
-def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0,
-                 drop_last: bool = False, pin_memory: bool = False, sampler=None) -> DataLoader:
-    """A DataLoader whose order is fixed by ``seed`` (its own ``torch.Generator``, also seeding workers).
-
-    With a ``sampler`` (e.g. DistributedSampler) the sampler decides the order and
-    ``shuffle`` is ignored. Workers are not persistent, so re-seeding
-    ``loader.generator`` before an epoch fixes that epoch's order and its
-    workers' augmentation.
-    """
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle) and sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=generator, drop_last=drop_last, pin_memory=pin_memory,
-                      collate_fn=collate_batch)
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
@@ -197,51 +59,6 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
 def data_dir() -> Path:
     """Where datasets live by default: ``$HAM_BENCH_DATA``, else ``./data``."""
     return Path(os.environ.get("HAM_BENCH_DATA", "data"))
-
-
-def build_datasets(cfg: Mapping) -> DataBundle:
-    """Train and eval sets for ``cfg.name`` (see the module docstring for split and subset rules)."""
-    name = cfg.get("name")
-    if name not in DATASETS:
-        raise ValueError(f"dataset.name must be one of {', '.join(DATASETS)} (got {name!r})")
-    eval_split = cfg.get("eval_split", "test") or "test"
-    if eval_split not in EVAL_SPLITS:
-        raise ValueError(f"dataset.eval_split must be one of {', '.join(EVAL_SPLITS)} (got {eval_split!r})")
-    val_fraction = float(cfg.get("val_fraction", 0.1) or 0.0)
-    if not 0.0 <= val_fraction < 1.0 or (eval_split == "val" and val_fraction == 0.0):
-        raise ValueError(f"dataset.val_fraction must be in (0, 1) when eval_split=val, [0, 1) otherwise "
-                         f"(got {val_fraction})")
-    subset = cfg.get("subset")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-        raise ValueError(f"dataset.subset must be null or an integer >= 1 (got {subset!r})")
-    builder = {"fashion_mnist": _fashion_mnist, "cifar100": _cifar100, "imagenet": _imagenet, "fake": _fake}[name]
-    train, train_eval_view, test, meta = builder(cfg)
-    if eval_split == "val":
-        permutation = _fixed_permutation(len(train))
-        n_val = min(max(1, round(val_fraction * len(train))), len(train) - 1)
-        train_indices, eval_indices = permutation[n_val:], permutation[:n_val]
-        eval_set_base = train_eval_view
-    else:
-        train_indices = None if subset is None else _fixed_permutation(len(train))
-        eval_indices = None if subset is None else _fixed_permutation(len(test))
-        eval_set_base = test
-    if subset is not None:
-        train_indices = train_indices[:subset]
-        eval_indices = eval_indices[:max(1, subset // 6)]
-    return DataBundle(train=_select(train, train_indices), eval=_select(eval_set_base, eval_indices),
-                      name=name, eval_split_name=eval_split, **meta)
-
-
-def _fixed_permutation(n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-
-
-def _select(dataset: Dataset, indices: torch.Tensor | None) -> Dataset:
-    if indices is None:
-        return dataset
-    if isinstance(dataset, InMemoryImageDataset):
-        return dataset.view(indices)
-    return Subset(dataset, indices.tolist())
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------------

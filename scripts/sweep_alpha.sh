@@ -40,7 +40,7 @@ if [ "${1:-}" = "--rank-only" ]; then
     exit 0
 fi
 
-common=(+experiment=fmnist_sparse dataset.eval_split=val hydra/launcher=local_parallel
+common=(experiment=fmnist_sparse dataset.eval_split=val hydra/launcher=local_parallel
         "hydra.launcher.n_jobs=$N_JOBS" "hydra.sweep.dir=$SWEEP" progress=false)
 # HAM on: the grid. sparsifier=random runs at its config's default s = 0.9.
 "$BENCH" -m "${common[@]}" sparsifier=dense,random ham=hyp_star "ham.alpha=$ALPHAS" "ham.beta=$BETAS" \

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
+from group_configs import group_option
 from ham_bench.cli import CONFIG_DIR
 from ham_bench.testing import check_sparsifier
 from sparsifiers import available_sparsifiers
@@ -17,9 +16,7 @@ SHORT = {"rigl": ["sparsifier.update_interval=2"], "rigl_signin": ["sparsifier.i
 
 
 def sparsifier_config(option: str) -> dict:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"sparsifier={option}", *SHORT.get(option, [])])
-    settings = OmegaConf.to_container(cfg.sparsifier, resolve=True)
+    settings = group_option("sparsifier", option, *SHORT.get(option, []))
     if option in ("acdc_imagenet", "acdc_cifar"):  # the papers' epoch schedules as fractions of a short run
         settings.update(dense_warmup=0.1, compressed_length=0.05, decompressed_length=0.05,
                         final_compressed_length=0.15)

@@ -314,6 +314,9 @@ def test_slurm_ddp_launcher_runs_one_task_per_gpu():
         cfg = compose(config_name="train", return_hydra_config=True,
                       overrides=["hydra/launcher=slurm_ddp", "hydra.launcher.nodes=4", "hydra.launcher.partition=gpu",
                                  "hydra.launcher.timeout_min=600"])
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)  # what hydra.main does before it resolves the launcher's folders
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["nodes"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == (4, 8, 8)

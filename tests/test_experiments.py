@@ -25,7 +25,7 @@ DENSE_ROWS = ["optimizer=sgd", "optimizer=sam"]
 def compose_experiment(name: str, *overrides: str, hydra: bool = False):
     """The composed config (cached: callers only read it)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[f"+experiment={name}", *overrides],
+        return compose(config_name="train", overrides=[f"experiment={name}", *overrides],
                        return_hydra_config=hydra)
 
 
@@ -111,9 +111,23 @@ def test_fmnist_dense_and_sparse_share_the_chosen_ham_pair():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_sweeps_land_in_one_folder_per_experiment(name):
+    from hydra.core.hydra_config import HydraConfig
+
     cfg = compose_experiment(name, hydra=True)
+    HydraConfig.instance().set_config(cfg)  # what hydra.main does before it resolves the run dirs
     assert f"multirun/{name}/" in cfg.hydra.sweep.dir
     assert f"outputs/{name}/" in cfg.hydra.run.dir
+
+
+def test_experiment_is_a_defaults_list_group_and_the_plain_run_dir_is_by_date():
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        plain = compose(config_name="train", return_hydra_config=True)
+        overlay = compose(config_name="train", overrides=["experiment=fmnist_sparse", "sparsifier=rigl"])
+    HydraConfig.instance().set_config(plain)
+    assert plain.hydra.run.dir.split("/")[1][:2] == "20"  # outputs/<date>/<time>
+    assert overlay.epochs == 3 and overlay.sparsifier.name == "rigl"  # the command line wins over the overlay
 
 
 @pytest.mark.parametrize("launcher, target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")])
@@ -132,4 +146,4 @@ def test_launcher_configs_compose(launcher, target):
 def test_reproduce_doc_commands_name_existing_experiments():
     text = (REPO / "docs" / "reproduce.md").read_text()
     for name in EXPERIMENTS:
-        assert f"+experiment={name}" in text, name
+        assert f"experiment={name}" in text, name

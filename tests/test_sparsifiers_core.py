@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from group_configs import group_option
 from hook_loop import run_epochs
 from ham_bench.engine.step import train_step
 from ham_bench.optim import SAM
@@ -299,20 +300,20 @@ def test_acdc_phases_switch_at_configured_epochs_reset_momentum_and_end_compress
 
 
 def test_acdc_paper_schedules():
-    imagenet = build_sparsifier(OmegaConf.load("configs/sparsifier/acdc_imagenet.yaml"))
+    imagenet = build_sparsifier(group_option("sparsifier", "acdc_imagenet"))
     imagenet.attach(tiny_model(), TrainingContext(epochs=100, steps_per_epoch=2))
     starts = imagenet.phase_starts("epochs")
     assert starts[0] == (0.0, "dense")
     assert [e for e, p in starts if p == "compressed"] == [10, 20, 30, 40, 50, 60, 70, 85]
     assert [e for e, p in starts if p == "decompressed"] == [15, 25, 35, 45, 55, 65, 75]
-    cifar = build_sparsifier(OmegaConf.load("configs/sparsifier/acdc_cifar.yaml"))
+    cifar = build_sparsifier(group_option("sparsifier", "acdc_cifar"))
     cifar.attach(tiny_model(), TrainingContext(epochs=200, steps_per_epoch=2))
     starts = cifar.phase_starts("epochs")
     assert [e for e, p in starts if p == "compressed"] == [10, 50, 90, 130, 170]
     assert [e for e, p in starts if p == "decompressed"] == [30, 70, 110, 150]
     assert cifar.phase_at(399) == "compressed"
     # the default (fractions of the run) is the ImageNet schedule scaled to any length
-    scaled = build_sparsifier(OmegaConf.load("configs/sparsifier/acdc.yaml"))
+    scaled = build_sparsifier(group_option("sparsifier", "acdc"))
     scaled.attach(tiny_model(), TrainingContext(epochs=100, steps_per_epoch=2))
     assert scaled.phase_starts("epochs") == starts_of(imagenet)
 
@@ -368,7 +369,7 @@ def test_registry_names_and_configs():
     for name, cls in [("dense", "Sparsifier"), ("random", "RandomSparsifier"), ("acdc", "ACDCSparsifier"),
                       ("acdc_imagenet", "ACDCSparsifier"), ("acdc_cifar", "ACDCSparsifier"),
                       ("rigl", "RigLSparsifier")]:
-        built = build_sparsifier(OmegaConf.load(f"configs/sparsifier/{name}.yaml"))
+        built = build_sparsifier(group_option("sparsifier", name))
         assert type(built).__name__ == cls
     rigl = build_sparsifier(OmegaConf.create({"name": "rigl", "sparsity": 0.95, "update_interval": 50}))
     assert isinstance(rigl, RigLSparsifier) and rigl.selection.sparsity == 0.95 and rigl.update_interval == 50

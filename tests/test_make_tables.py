@@ -10,25 +10,14 @@ their summary.json (a killed run); they must be listed and flagged, not dropped.
 import csv
 import importlib.util
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from ham_bench import sweep_runs
-from ham_bench.cli import CONFIG_DIR
-
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "make_tables.py"
-REAL_RUN_OVERRIDES = ["sparsifier=random", "sparsifier.sparsity=0.9", "ham=off", "epochs=2",
-                      "dataset.subset=1200", "progress=false"]
-
+from sweep_fixtures import REPO, RANDOM_HAM, make_variant, real_run_dir, run_script, tables_sweep
 
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
@@ -41,95 +30,10 @@ def load_script(name: str):
 make_tables = load_script("make_tables")
 
 
-def real_run_dir(tmp_path_factory) -> Path:
-    """A real run dir from the ham-bench CLI, made once per test session and shared by test_plots."""
-    run_dir = tmp_path_factory.getbasetemp() / "real_run"
-    if not (run_dir / "summary.json").exists():
-        env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-        result = subprocess.run([sys.executable, "-m", "ham_bench", *REAL_RUN_OVERRIDES, f"hydra.run.dir={run_dir}"],
-                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs"] == 2
-    return run_dir
-
-
-def make_variant(source: Path, target: Path, overrides: list[str], seed: int, acc: float | None = None,
-                 status: str = "completed", flips_scale: float = 1.0, extra_summary: dict | None = None,
-                 keep_summary: bool = True) -> Path:
-    """Copy the real run to ``target`` as the run ``overrides`` + ``seed=...`` with final accuracy ``acc``."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint.pt"))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, f"seed={seed}", "epochs=2", "dataset.subset=1200",
-                                                      "progress=false"])
-    OmegaConf.save(cfg, target / ".hydra" / "config.yaml")  # what Hydra stores: the unresolved config
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    rows = [json.loads(line) for line in (target / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row["sign_flips"] = int(row["sign_flips"] * flips_scale)
-    if acc is not None:
-        rows[-1]["test_acc"] = acc
-    (target / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    summary = json.loads((target / "summary.json").read_text())
-    summary.update({
-        "status": status, "final_test_acc": acc, "best_test_acc": None if acc is None else acc + 0.5,
-        "target_sparsity": float(resolved["sparsifier"]["sparsity"]),
-        "final_sparsity": float(resolved["sparsifier"]["sparsity"]),
-        "sign_flips_total": sum(row["sign_flips"] for row in rows),
-        "error": None if status == "completed" else f"{status} on purpose",
-        "method": {**summary["method"], "sparsifier": resolved["sparsifier"]["name"], "seed": seed,
-                   "ham": resolved["ham"].get("variant", "hyp_star") if resolved["ham"]["enabled"] else "off"},
-        **(extra_summary or {}),
-    })
-    if keep_summary:
-        (target / "summary.json").write_text(json.dumps(summary))
-    else:
-        (target / "summary.json").unlink()
-    return target
-
-
-RANDOM = ["sparsifier=random"]
-RANDOM_HAM = ["sparsifier=random", "ham=hyp_star"]
-SIGNIN = ["sparsifier=signin", "ham=off"]
-RIGL = ["sparsifier=rigl", "ham=off"]
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """Two sweep dirs, as two multirun commands would leave them."""
-    source = real_run_dir(tmp_path_factory)
-    root = tmp_path_factory.mktemp("sweeps")
-    first, second = root / "first", root / "second"
-    runs = [
-        # Random, s=0.9, 3 seeds: mean 82, std 2
-        (first, "0_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 0, 80.0, {}),
-        (first, "1_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 1, 82.0, {}),
-        (first, "2_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.9"], 2, 84.0, {}),
-        # Random+HAM, s=0.9: seeds 0, 1 complete (85, 86); seed 2 FAILED (diverged)
-        (first, "3_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 0, 85.0, {"flips_scale": 3.0}),
-        (first, "4_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 1, 86.0, {"flips_scale": 3.0}),
-        (first, "5_random_ham", RANDOM_HAM + ["sparsifier.sparsity=0.9"], 2, 10.0, {"status": "failed"}),
-        # Random, s=0.8, one seed; its seed 1 was killed (no summary.json)
-        (first, "6_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.8"], 0, 87.5, {}),
-        (first, "7_random", RANDOM + ["ham=off", "sparsifier.sparsity=0.8"], 1, None,
-         {"keep_summary": False}),
-        # second sweep dir: Random+Sign-In at s=0.9 (3 seeds) and a stopped RigL run
-        (second, "0_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 0, 83.0, {"flips_scale": 0.5}),
-        (second, "1_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 1, 83.5, {"flips_scale": 0.5}),
-        (second, "2_signin", SIGNIN + ["sparsifier.sparsity=0.9"], 2, 84.5, {"flips_scale": 0.5}),
-        (second, "3_rigl", RIGL + ["sparsifier.sparsity=0.9"], 0, 81.0, {"status": "stopped"}),
-        # dense rows: baseline (2 seeds) and HAM with SAM (1 seed), with FLOPs keys
-        (second, "4_dense", ["sparsifier=dense", "ham=off"], 0, 90.0, {}),
-        (second, "5_dense", ["sparsifier=dense", "ham=off"], 1, 91.0, {}),
-        (second, "6_dense_sam_ham", ["sparsifier=dense", "ham=hyp_star", "optimizer=sam"], 0, 91.5, {}),
-    ]
-    for parent, name, overrides, seed, acc, options in runs:
-        options = dict(options)
-        flops = {"train_flops_fraction": 0.3 + seed / 10, "inference_flops_fraction": 0.1}
-        make_variant(source, parent / name, overrides, seed, acc, status=options.pop("status", "completed"),
-                     flips_scale=options.pop("flips_scale", 1.0), keep_summary=options.pop("keep_summary", True),
-                     extra_summary=flops if "random" in name and "ham" not in name else None)
-    return first, second
+    return tables_sweep(real_run_dir(tmp_path_factory), tmp_path_factory.mktemp("sweeps"))
 
 
 def by_label(table, label, column):
@@ -178,9 +82,8 @@ def test_failed_stopped_and_killed_runs_are_listed(sweep):
 
 def test_markdown_csv_and_paper_column(sweep, tmp_path):
     out = tmp_path / "tables"
-    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, sweep), "--out", str(out),
-                             "--paper", "imagenet_sparse", "--paper", "imagenet_dense"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_script("make_tables", *map(str, sweep), "--out", str(out),
+                        "--paper", "imagenet_sparse", "--paper", "imagenet_dense")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (out / "tables.md").read_text().strip()
     assert {p.name for p in out.iterdir()} == {"tables.md", "sparse.csv", "sparse_detail.csv", "dense.csv",
@@ -258,5 +161,5 @@ def test_paper_numbers_match_the_design_doc():
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = run_script("make_tables", str(tmp_path))
     assert result.returncode != 0 and "no run dirs" in result.stderr

@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from test_make_tables import load_script, make_variant, real_run_dir
+
+from sweep_fixtures import make_variant, real_run_dir, val_sweep as build_val_sweep
+from test_make_tables import load_script
 
 rank_ham_sweep = load_script("rank_ham_sweep")
-VAL = {"eval_split": "val"}
-
-
-def _make(source, root, name, overrides, seed, acc, status="completed", split=VAL):
-    return make_variant(source, root / name, [*overrides, "dataset.eval_split=val"], seed, acc, status=status,
-                        extra_summary=split)
 
 
 @pytest.fixture(scope="module")
 def val_sweep(tmp_path_factory):
-    source = real_run_dir(tmp_path_factory)
-    root = tmp_path_factory.mktemp("ham_sweep")
-    grid = {  # (alpha, beta) -> accuracy per (setting, seed); (50, 0) has a diverged run despite its best mean
-        (5, 0.0): {("dense", 0): 90.0, ("dense", 1): 90.4, ("random", 0): 85.0, ("random", 1): 85.2},
-        (20, 1e-3): {("dense", 0): 90.6, ("dense", 1): 90.8, ("random", 0): 85.6, ("random", 1): 85.4},
-        (50, 0.0): {("dense", 0): 95.0, ("dense", 1): 95.0, ("random", 0): 95.0, ("random", 1): 10.0},
-    }
-    index = 0
-    for (alpha, beta), cells in grid.items():
-        for (setting, seed), acc in cells.items():
-            status = "failed" if acc == 10.0 else "completed"
-            _make(source, root, f"{index}", [f"sparsifier={setting}", "ham=hyp_star", f"ham.alpha={alpha}",
-                                             f"ham.beta={beta}"], seed, acc, status=status)
-            index += 1
-    for setting, seed, acc in [("dense", 0, 90.1), ("dense", 1, 89.9), ("random", 0, 84.0), ("random", 1, 84.4)]:
-        _make(source, root, f"{index}", [f"sparsifier={setting}", "ham=off"], seed, acc)
-        index += 1
-    return root
+    return build_val_sweep(real_run_dir(tmp_path_factory), tmp_path_factory.mktemp("ham_sweep"))
 
 
 def test_ranking_follows_the_rule_and_names_the_choice(val_sweep, tmp_path):

@@ -9,27 +9,18 @@ reviewed in the commit. Paths of the temporary sweeps read ``<tmp>``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import matplotlib.figure
 import pytest
 
-from sweep_fixtures import REPO, plot_sweep, real_run_dir, run_script, tables_sweep, val_sweep
+from ham_bench.analysis.plots import make_plots
+from sweep_fixtures import plot_sweep, real_run_dir, run_script, tables_sweep, val_sweep
 
 GOLDEN = Path(__file__).with_name("analysis_golden")
 WRITE = os.environ.get("HAM_BENCH_WRITE_GOLDEN") == "1"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def check(name: str, text: str) -> None:
@@ -101,9 +92,8 @@ def test_figures_are_unchanged(sweeps, tmp_path, monkeypatch):
         return savefig(figure, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
-    plots = load_script("plot_sign_flips")
-    plots.make_plots([plots_root], tmp_path, sparsity=0.9)
-    plots.make_plots([plots_root], tmp_path / "log", sparsity=0.8, log_scale=True, metric="best_test_acc")
+    make_plots([plots_root], tmp_path, sparsity=0.9)
+    make_plots([plots_root], tmp_path / "log", sparsity=0.8, log_scale=True, metric="best_test_acc")
     lines = []
     for figure in drawn:  # one line per figure title and per axes: diffs stay readable
         lines.append(json.dumps({"suptitle": figure["suptitle"]}))

@@ -1,4 +1,4 @@
-"""scripts/make_tables.py on a synthetic sweep made of a REAL run's files.
+"""make_tables (ham_bench.analysis, scripts/make_tables.py) on a synthetic sweep made of a REAL run's files.
 
 One short real run (Fashion-MNIST subset, Random PaI at s=0.9, 2 epochs) provides a real run dir
 (summary.json, metrics.jsonl, .hydra/). The sweep is copies of it: each copy gets the config a
@@ -8,26 +8,16 @@ their summary.json (a killed run); they must be listed and flagged, not dropped.
 """
 
 import csv
-import importlib.util
 import json
 import shutil
 import statistics
-import sys
 
 import pytest
 
-from ham_bench import sweep_runs
+from ham_bench.analysis.runs import collect_runs, group_runs, mean_std
+from ham_bench.analysis.report import make_tables
+from ham_bench.analysis.tables import build_tables, format_cell
 from sweep_fixtures import REPO, RANDOM_HAM, make_variant, real_run_dir, run_script, tables_sweep
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = load_script("make_tables")
 
 
 @pytest.fixture(scope="module")
@@ -41,37 +31,37 @@ def by_label(table, label, column):
 
 
 def test_groups_means_and_stds(sweep):
-    runs = sweep_runs.collect_runs(list(sweep))
+    runs = collect_runs(list(sweep))
     assert len(runs) == 15
-    tables = {t.name: t for t in make_tables.build_tables(runs)}
+    tables = {t.name: t for t in build_tables(runs)}
     sparse, dense = tables["sparse"], tables["dense"]
 
     random_09 = by_label(sparse, "Random", 0.9)
     assert [r.seed for r in random_09.used] == [0, 1, 2]
-    assert sweep_runs.mean_std(random_09.values("final_test_acc")) == pytest.approx((82.0, 2.0))
-    assert make_tables.format_cell(random_09, "final_test_acc") == "82.00 ± 2.00 (3)"
+    assert mean_std(random_09.values("final_test_acc")) == pytest.approx((82.0, 2.0))
+    assert format_cell(random_09, "final_test_acc") == "82.00 ± 2.00 (3)"
 
     ham = by_label(sparse, "Random+HAM", 0.9)
     assert len(ham.runs) == 3 and [r.seed for r in ham.used] == [0, 1]
-    assert sweep_runs.mean_std(ham.values("final_test_acc")) == pytest.approx((85.5, statistics.stdev([85, 86])))
+    assert mean_std(ham.values("final_test_acc")) == pytest.approx((85.5, statistics.stdev([85, 86])))
     assert ham.flagged
-    assert make_tables.format_cell(ham, "final_test_acc") == "85.50 ± 0.71 (2)†"
+    assert format_cell(ham, "final_test_acc") == "85.50 ± 0.71 (2)†"
 
     signin = by_label(sparse, "Random+Sign-In", 0.9)  # read from the composed config: signin over random
-    assert make_tables.format_cell(signin, "final_test_acc") == "83.67 ± 0.76 (3)"
-    assert make_tables.format_cell(by_label(sparse, "Random", 0.8), "final_test_acc") == "87.50 (1)†"
-    assert make_tables.format_cell(by_label(sparse, "RiGL", 0.9), "final_test_acc") == "— (0)†"
+    assert format_cell(signin, "final_test_acc") == "83.67 ± 0.76 (3)"
+    assert format_cell(by_label(sparse, "Random", 0.8), "final_test_acc") == "87.50 (1)†"
+    assert format_cell(by_label(sparse, "RiGL", 0.9), "final_test_acc") == "— (0)†"
     assert sparse.rows == ["Random", "Random+Sign-In", "Random+HAM", "RiGL"]
     assert sparse.columns == [0.8, 0.9]
 
     assert dense.columns == ["2 ep", "+SAM 2 ep"]
     assert dense.rows == ["baseline", "HAM"]
-    assert make_tables.format_cell(by_label(dense, "baseline", "2 ep"), "final_test_acc") == "90.50 ± 0.71 (2)"
-    assert make_tables.format_cell(by_label(dense, "HAM", "+SAM 2 ep"), "final_test_acc") == "91.50 (1)"
+    assert format_cell(by_label(dense, "baseline", "2 ep"), "final_test_acc") == "90.50 ± 0.71 (2)"
+    assert format_cell(by_label(dense, "HAM", "+SAM 2 ep"), "final_test_acc") == "91.50 (1)"
 
 
 def test_failed_stopped_and_killed_runs_are_listed(sweep):
-    text = make_tables.make_tables(list(sweep))
+    text = make_tables(list(sweep))
     problems = text.split("## Runs not in the means")[1]
     for name, status in [("5_random_ham", "failed"), ("7_random", "incomplete"), ("3_rigl", "stopped")]:
         line = next(line for line in problems.splitlines() if name in line)
@@ -124,20 +114,20 @@ def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):
         seed = index // 2
         make_variant(source, alpha_dir / f"{index}", RANDOM_HAM + ["sparsifier.sparsity=0.9", f"ham.alpha={alpha}"],
                      seed, acc)
-    [table] = make_tables.build_tables(sweep_runs.collect_runs([alpha_dir]))
+    [table] = build_tables(collect_runs([alpha_dir]))
     assert table.rows == ["Random+HAM [ham.alpha=5]", "Random+HAM [ham.alpha=20]"]  # numbers sort as numbers
-    assert make_tables.format_cell(table.cells[("Random+HAM [ham.alpha=5]", 0.9)], "final_test_acc") == \
+    assert format_cell(table.cells[("Random+HAM [ham.alpha=5]", 0.9)], "final_test_acc") == \
         "85.00 ± 1.41 (2)"
 
 
 def test_a_sweep_given_twice_counts_each_seed_once(sweep):
-    runs = sweep_runs.collect_runs([sweep[0], sweep[0] / "0_random"])  # the same run dir reached twice
+    runs = collect_runs([sweep[0], sweep[0] / "0_random"])  # the same run dir reached twice
     assert len(runs) == 8
     copy_dir = sweep[0].parent / "again"
     shutil.copytree(sweep[0] / "0_random", copy_dir / "0_random")
     summary = json.loads((copy_dir / "0_random" / "summary.json").read_text())
     (copy_dir / "0_random" / "summary.json").write_text(json.dumps({**summary, "final_test_acc": 81.0}))
-    groups = sweep_runs.group_runs(sweep_runs.collect_runs([sweep[0], copy_dir]))
+    groups = group_runs(collect_runs([sweep[0], copy_dir]))
     random_09 = next(g for g in groups if g.first.method == "Random" and g.first.sparsity == 0.9)
     assert len(random_09.used) == 3 and len(random_09.duplicates) == 1
     assert random_09.values("final_test_acc") == [81.0, 82.0, 84.0]  # the newer copy of seed 0

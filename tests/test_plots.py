@@ -1,17 +1,16 @@
-"""scripts/plot_sign_flips.py writes its PNG files from real metrics.jsonl files.
+"""The plots (ham_bench.analysis.plots, scripts/plot_sign_flips.py) write its PNG files from real metrics.jsonl files.
 
-The runs are copies of one real run (see test_make_tables.py) relabelled as baseline, +Sign-In
+The runs are copies of one real run (tests/sweep_fixtures.py) relabelled as baseline, +Sign-In
 and +HAM with known sign-flip counts, at three sparsities, plus a failed run that must be left out.
 """
 
 import matplotlib.image
 import pytest
 
+from ham_bench.analysis import plots
+from ham_bench.analysis.runs import collect_runs
 from ham_bench.atomic_io import read_jsonl
 from sweep_fixtures import BASE_FLIPS, plot_sweep, real_run_dir, run_script
-from test_make_tables import load_script
-
-plots = load_script("plot_sign_flips")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def sweep(tmp_path_factory):
 
 def test_sign_flip_series_are_the_metrics_rows(sweep):
     root = sweep
-    runs = [r for r in plots.collect_runs([root]) if r.status == "completed" and r.sparsity == 0.9 and r.ham != "off"]
+    runs = [r for r in collect_runs([root]) if r.status == "completed" and r.sparsity == 0.9 and r.ham != "off"]
     assert len(runs) == 2
     epochs, mean, low, high = plots._per_epoch([read_jsonl(r.path / "metrics.jsonl") for r in runs], "sign_flips")
     assert epochs == [1, 2]
@@ -32,7 +31,7 @@ def test_sign_flip_series_are_the_metrics_rows(sweep):
 
 def test_one_training_setting_per_figure(sweep):
     root = sweep
-    runs = [r for r in plots.collect_runs([root]) if r.status == "completed"]
+    runs = [r for r in collect_runs([root]) if r.status == "completed"]
     kept = plots._one_setting(runs)
     assert {(r.optimizer, r.epochs) for r in kept} == {("sgd", 2)}
     assert [r.path.name for r in runs if r not in kept] == ["dense_sam"]

@@ -1,13 +1,12 @@
-"""scripts/rank_ham_sweep.py: the HAM alpha/beta choice on a synthetic validation sweep made of a real run."""
+"""The ranking (ham_bench.analysis.ranking, scripts/rank_ham_sweep.py): the HAM alpha/beta choice on a synthetic validation sweep made of a real run."""
 
 from __future__ import annotations
 
 import pytest
 
-from sweep_fixtures import make_variant, real_run_dir, val_sweep as build_val_sweep
-from test_make_tables import load_script
-
-rank_ham_sweep = load_script("rank_ham_sweep")
+from ham_bench.analysis.ranking import rank
+from ham_bench.analysis.runs import collect_runs
+from sweep_fixtures import make_variant, real_run_dir, run_script, val_sweep as build_val_sweep
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +15,9 @@ def val_sweep(tmp_path_factory):
 
 
 def test_ranking_follows_the_rule_and_names_the_choice(val_sweep, tmp_path):
-    assert rank_ham_sweep.main([str(val_sweep), "--out", str(tmp_path)]) == 0
-    entries, off = rank_ham_sweep.rank(rank_ham_sweep.collect_runs([val_sweep]))
+    result = run_script("rank_ham_sweep", str(val_sweep), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    entries, off = rank(collect_runs([val_sweep]))
     assert [(e["alpha"], e["beta"]) for e in entries] == [(20.0, 1e-3), (5.0, 0.0), (50.0, 0.0)]
     assert entries[0]["score"] == pytest.approx(88.1) and entries[0]["dense"] == pytest.approx(90.7)
     assert entries[1]["random"] == pytest.approx(85.1)
@@ -34,6 +34,7 @@ def test_a_run_on_the_test_split_is_refused(val_sweep, tmp_path_factory, tmp_pat
     mixed = tmp_path / "mixed"
     make_variant(source, mixed / "test_run", ["sparsifier=dense", "ham=hyp_star"], 0, 91.0,
                  extra_summary={"eval_split": "test"})
-    with pytest.raises(SystemExit, match="test split"):
-        rank_ham_sweep.main([str(mixed), "--out", str(tmp_path / "out")])
+    result = run_script("rank_ham_sweep", str(mixed), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: the sweep has runs evaluated on the test split; the choice must use dataset.eval_split=val"]
     assert not (tmp_path / "out").exists()  # nothing written

@@ -10,8 +10,7 @@ logging, progress, resume, data paths; HAM's settings when HAM is off). Two
 completed runs of one group and seed (a sweep given twice) count once: the
 newest is used, the others are kept as duplicates.
 
-Shared by ``scripts/make_tables.py`` (the paper's tables), ``scripts/plot_sign_flips.py``
-and ``scripts/sweep_alpha.sh`` (the HAM alpha/beta ranking).
+Every table, plot and ranking of ``ham_bench.analysis`` reads its runs through this module.
 """
 
 from __future__ import annotations
@@ -24,22 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# method labels as the paper writes them; unknown (plugin) names are shown as they are
-METHOD_LABELS = {"dense": "baseline", "random": "Random", "acdc": "AC/DC", "rigl": "RiGL", "str": "STR",
-                 "pilot": "PILoT", "spred": "spred"}
-FAMILIES = {"random": "PaI", "acdc": "DtS", "rigl": "DST", "spred": "Cont.", "pilot": "Cont.", "str": "Cont."}
-OPTIMIZER_LABELS = {"sam": "SAM", "adamw": "AdamW", "sgd": "SGD"}
-BASE_ORDER = ["dense", "random", "acdc", "rigl", "spred", "pilot", "str"]  # the paper's table order
-
-
-def base_order(base: str) -> tuple:
-    """Sort key of a base method in the paper's order; unknown (plugin) methods last, by name."""
-    return (BASE_ORDER.index(base) if base in BASE_ORDER else len(BASE_ORDER), base)
-
-
-def variant_order(signin: bool, ham_on: bool) -> tuple:
-    """Sort key of a method's variants in the paper's order: alone, +Sign-In, +HAM, then +Sign-In+HAM."""
-    return signin and ham_on, ham_on, signin
+from ham_bench.analysis.labels import OPTIMIZER_LABELS, family, method_label
 
 # config keys that never change a result: left out of grouping and of row labels
 IGNORED_KEYS = ("seed", "sparsifier.seed", "sparsifier.inner.seed", "resume", "stop_after_epochs", "progress",
@@ -71,19 +55,11 @@ class Run:
     @property
     def method(self) -> str:
         """Row label in the paper's spelling: Random, Random+Sign-In, AC/DC+HAM, baseline, HAM, ..."""
-        if self.base == "dense":
-            label = "baseline" if self.ham == "off" else "HAM"
-            return label + (" (HYP)" if self.ham == "hyp" else "")
-        label = METHOD_LABELS.get(self.base, self.base)
-        if self.signin:
-            label += "+Sign-In"
-        if self.ham != "off":
-            label += "+HAM" + (" (HYP)" if self.ham == "hyp" else "")
-        return label
+        return method_label(self.base, self.signin, self.ham)
 
     @property
     def family(self) -> str:
-        return "Dense" if self.base == "dense" else FAMILIES.get(self.base, "other")
+        return family(self.base)
 
     @property
     def dense_column(self) -> str:

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from ham_bench.cli import CONFIG_DIR
 from sparsifiers import build_sparsifier
+from sparsifiers.random import RandomSparsifier
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -29,6 +30,13 @@ REAL_RUN_OVERRIDES = ["sparsifier=random", "sparsifier.sparsity=0.9", "ham=off",
 BASE_FLIPS = (500, 100)                 # sign flips per epoch of a copy with flips_scale 1
 BASE_DIFFERS = (0.02, 0.025)            # sign_differs_from_init per epoch
 
+class PluginPaI(RandomSparsifier):
+    """A plugin sparsifier, selected by class path over the random config (``+sparsifier._target_=...``)."""
+
+    name = "plugin_pai"
+
+
+PLUGIN = ["sparsifier=random", f"+sparsifier._target_={__name__}.PluginPaI"]
 RANDOM = ["sparsifier=random"]
 RANDOM_HAM = ["sparsifier=random", "ham=hyp_star"]
 SIGNIN = ["sparsifier=signin", "ham=off"]

@@ -17,7 +17,7 @@ import pytest
 from ham_bench.analysis.runs import collect_runs, group_runs, mean_std
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.tables import build_tables, format_cell
-from sweep_fixtures import REPO, RANDOM_HAM, make_variant, real_run_dir, run_script, tables_sweep
+from sweep_fixtures import PLUGIN, REPO, RANDOM_HAM, SIGNIN, make_variant, real_run_dir, run_script, tables_sweep
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,24 @@ def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):
     assert table.rows == ["Random+HAM [ham.alpha=5]", "Random+HAM [ham.alpha=20]"]  # numbers sort as numbers
     assert format_cell(table.cells[("Random+HAM [ham.alpha=5]", 0.9)], "final_test_acc") == \
         "85.00 ± 1.41 (2)"
+
+
+def test_runs_are_named_by_the_instance_a_plugin_by_its_own_name(sweep, tmp_path):
+    """A plugin over the random config is its own row, never pooled with Random; killed runs use the config."""
+    source, plugins = sweep[0] / "0_random", tmp_path / "plugins"
+    make_variant(source, plugins / "0", [*PLUGIN, "ham=hyp_star", "sparsifier.sparsity=0.9"], 0, 70.0)
+    make_variant(source, plugins / "1", [*PLUGIN, "ham=hyp_star", "sparsifier.sparsity=0.9"], 1, keep_summary=False)
+    make_variant(source, plugins / "2", [*SIGNIN, "sparsifier.sparsity=0.9"], 3, keep_summary=False)
+    runs = collect_runs([sweep[0], sweep[1], plugins])
+    [sparse] = [t for t in build_tables(runs) if t.name == "sparse"]
+    assert format_cell(sparse.cells[("Random+HAM", 0.9)], "final_test_acc") == "85.50 ± 0.71 (2)†"  # as before
+    assert format_cell(sparse.cells[("plugin_pai+HAM", 0.9)], "final_test_acc") == "70.00 (1)"
+    assert sparse.families["plugin_pai+HAM"] == "other"
+    killed = sparse.cells[("sweep_fixtures.PluginPaI+HAM", 0.9)]  # no summary.json: the class path
+    assert [r.path.name for r in killed.runs] == ["1"] and killed.flagged
+    signin = sparse.cells[("Random+Sign-In", 0.9)]  # summaries say "random+signin"; the killed one's config too
+    assert sorted(r.seed for r in signin.runs) == [0, 1, 2, 3] and len(signin.used) == 3
+    assert sparse.rows[-2:] == ["plugin_pai+HAM", "sweep_fixtures.PluginPaI+HAM"]
 
 
 def test_a_sweep_given_twice_counts_each_seed_once(sweep):

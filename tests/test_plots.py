@@ -10,7 +10,7 @@ import pytest
 from ham_bench.analysis import plots
 from ham_bench.analysis.runs import collect_runs
 from ham_bench.atomic_io import read_jsonl
-from sweep_fixtures import BASE_FLIPS, plot_sweep, real_run_dir, run_script
+from sweep_fixtures import BASE_FLIPS, PLUGIN, make_variant, plot_sweep, real_run_dir, run_script
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,14 @@ def test_nothing_at_the_requested_sparsity_still_writes_the_accuracy_plot(sweep,
     names = sorted(p.name for p in written)
     assert "accuracy_vs_sparsity.png" in names
     assert names == ["accuracy_vs_sparsity.png", "sign_flips.png"]  # the dense run still has a panel
+
+
+def test_a_plugin_over_the_random_config_has_its_own_panel(sweep, tmp_path):
+    plugin = tmp_path / "plugin"
+    make_variant(sweep / "random_0.9_0", plugin, [*PLUGIN, "ham=off", "sparsifier.sparsity=0.9"], 0, 70.0)
+    figure = plots.sign_flips_figure(collect_runs([sweep, plugin]), 0.9)
+    titles = [ax.get_title() for ax in figure.axes[:len(figure.axes) // 2]]
+    assert titles == ["dense", "Random, s = 0.9", "plugin_pai, s = 0.9"]
+    random_panel = figure.axes[1]
+    assert [line.get_label() for line in random_panel.lines] == ["Random (n=2)", "Random+Sign-In (n=2)",
+                                                                 "Random+HAM (n=2)"]

@@ -43,12 +43,6 @@ VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
 PANEL_WIDTH, MIN_WIDTH = 4.2, 6.5  # inches
 
 
-def _save(figure, path: Path) -> Path:
-    savefig(path, figure, dpi=130)
-    plt.close(figure)
-    return path
-
-
 def _base_label(base: str) -> str:
     return "dense" if base == "dense" else METHOD_LABELS.get(base, base)
 
@@ -83,7 +77,7 @@ def _per_epoch(rows_per_seed: list[list[dict]], key: str) -> tuple[list[int], li
             [max(values[e]) for e in epochs])
 
 
-def plot_sign_flips(runs: list[Run], out: Path, sparsity: float, log_scale: bool = False) -> Path | None:
+def sign_flips_figure(runs: list[Run], sparsity: float, log_scale: bool = False):
     """Sign flips per epoch (top) and sign differs from init (bottom), one column per base method."""
     chosen = [r for r in runs if r.status == "completed" and (r.base == "dense" or abs(r.sparsity - sparsity) < 1e-9)]
     chosen = _one_setting(chosen)
@@ -121,10 +115,10 @@ def plot_sign_flips(runs: list[Run], out: Path, sparsity: float, log_scale: bool
     axes[1][0].set_ylabel("fraction with sign != initial")
     figure.suptitle("Sign flips during training\n(mean over seeds; band: min to max)", fontsize=11)
     figure.tight_layout()
-    return _save(figure, out / "sign_flips.png")
+    return figure
 
 
-def plot_accuracy_vs_sparsity(runs: list[Run], out: Path, metric: str = "final_test_acc") -> Path | None:
+def accuracy_figure(runs: list[Run], metric: str = "final_test_acc"):
     """Accuracy against target sparsity per base method: alone, +HAM, +Sign-In; dense as lines."""
     groups = [g for g in group_runs(_one_setting(runs)) if g.used]
     sparse_bases = [b for b in _bases([g.first for g in groups]) if b != "dense"]
@@ -160,7 +154,7 @@ def plot_accuracy_vs_sparsity(runs: list[Run], out: Path, metric: str = "final_t
     axes[0][0].set_ylabel(f"{split} top-1 accuracy (%)")
     figure.suptitle(f"{metric.replace('test', split)} vs target sparsity\n(mean ± std over seeds)", fontsize=11)
     figure.tight_layout()
-    return _save(figure, out / "accuracy_vs_sparsity.png")
+    return figure
 
 
 def make_plots(paths: list[Path], out: Path, sparsity: float = 0.9, log_scale: bool = False,
@@ -173,5 +167,12 @@ def make_plots(paths: list[Path], out: Path, sparsity: float = 0.9, log_scale: b
     if left_out:
         print(f"left out {len(left_out)} runs that did not complete: "
               + ", ".join(f"{r.path.name} ({r.status})" for r in left_out), file=sys.stderr)
-    written = [plot_sign_flips(runs, out, sparsity, log_scale), plot_accuracy_vs_sparsity(runs, out, metric)]
-    return [path for path in written if path is not None]
+    figures = {"sign_flips.png": sign_flips_figure(runs, sparsity, log_scale),
+               "accuracy_vs_sparsity.png": accuracy_figure(runs, metric)}
+    written = []
+    for name, figure in figures.items():
+        if figure is not None:
+            savefig(out / name, figure, dpi=130)
+            plt.close(figure)
+            written.append(out / name)
+    return written

@@ -4,7 +4,11 @@ Every directory under the given paths that holds a ``summary.json``, a
 ``.hydra/config.yaml`` or a ``metrics.jsonl`` is one run (its subfolders, e.g.
 wandb's, are not searched). A run's status is its summary's (``completed``,
 ``stopped``, ``failed``) or ``incomplete`` without a summary (still running, or
-killed). Runs are grouped by their whole resolved config except the seed and
+killed). A run's method is the name its sparsifier instance reported in
+summary.json (``rigl+signin``, a plugin's own name), so a plugin layered over a
+built-in config (``sparsifier=random +sparsifier._target_=my.Method``) is never
+taken for that built-in; without a summary, the config's ``_target_`` class path
+or name stands in (``sparsifier_name``). Runs are grouped by their whole resolved config except the seed and
 the settings that do not change results (device, workers, memory layout,
 logging, progress, resume, data paths; HAM's settings when HAM is off). Two
 completed runs of one group and seed (a sweep given twice) count once: the
@@ -137,6 +141,23 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def sparsifier_name(instance_name: str | None, sparsifier_cfg: dict) -> tuple[str, bool]:
+    """(base method, Sign-In on top) of a run.
+
+    The name the instance reported (summary.json's ``method.sparsifier``: ``rigl``,
+    ``rigl+signin``, a plugin's own ``name``) decides. A run without a summary (killed) falls back
+    to its config: the class path when ``_target_`` is set (the config's ``name`` is then only the
+    config file the plugin was layered over), else the config's name, Sign-In's from its inner method.
+    """
+    target = sparsifier_cfg.get("_target_")
+    name = instance_name or (str(target) if target else sparsifier_cfg.get("name")) or "unknown"
+    if name == "signin":  # the config's name: Sign-In over its inner method
+        name = f"{(sparsifier_cfg.get('inner') or {}).get('name', 'random')}+signin"
+    if name.endswith("+signin"):
+        return name[:-len("+signin")], True
+    return name, False
+
+
 def load_run(run_dir: Path) -> Run:
     """One run from its summary.json and .hydra/config.yaml (either may be missing)."""
     summary = _read_json(run_dir / "summary.json")
@@ -152,9 +173,7 @@ def load_run(run_dir: Path) -> Run:
         epochs_done = summary.get("epochs", epochs_done)
     method = summary.get("method", {})
     sparsifier = config.get("sparsifier") or {}
-    name = sparsifier.get("name") or method.get("sparsifier") or "unknown"
-    signin = name == "signin"
-    base = (sparsifier.get("inner") or {}).get("name", "random") if signin else name
+    base, signin = sparsifier_name(method.get("sparsifier"), sparsifier)
     ham_cfg = config.get("ham") or {}
     if ham_cfg:
         ham = ham_cfg.get("variant", "hyp_star") if ham_cfg.get("enabled") else "off"
@@ -167,7 +186,7 @@ def load_run(run_dir: Path) -> Run:
     seed = config.get("seed", method.get("seed"))
     eval_split = summary.get("eval_split") or (config.get("dataset") or {}).get("eval_split") or "test"
     return Run(path=run_dir, status=status, summary=summary, config=config, flat=flat, seed=seed,
-               base=base if base != "unknown" else name, signin=signin, ham=ham,
+               base=base, signin=signin, ham=ham,
                optimizer=(config.get("optimizer") or {}).get("name") or method.get("optimizer", "?"),
                epochs=config.get("epochs", summary.get("epochs_planned")), sparsity=float(sparsity or 0.0),
                eval_split=eval_split, mtime=mtime, epochs_done=epochs_done, note=note)

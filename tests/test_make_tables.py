@@ -9,12 +9,15 @@ their summary.json (a killed run); they must be listed and flagged, not dropped.
 
 import csv
 import json
+import re
 import shutil
 import statistics
 
 import pytest
+import yaml
 
 from ham_bench.analysis.runs import collect_runs, group_runs, mean_std
+from ham_bench.analysis.paper import format_paper
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.tables import build_tables, format_cell
 from sweep_fixtures import PLUGIN, REPO, RANDOM_HAM, SIGNIN, make_variant, real_run_dir, run_script, tables_sweep
@@ -152,22 +155,58 @@ def test_a_sweep_given_twice_counts_each_seed_once(sweep):
     shutil.rmtree(copy_dir)
 
 
-def test_paper_numbers_match_the_design_doc():
-    """scripts/paper_numbers.yaml transcribes shared/design/paper_numbers.md (checked where it is available)."""
-    doc = REPO.parent / "shared" / "design" / "paper_numbers.md"
-    if not doc.exists():
-        pytest.skip("paper_numbers.md is not next to this checkout")
-    import yaml
+def _doc_tables(text: str) -> dict:
+    """``### `name`: ...`` sections of docs/paper_numbers.md -> {name: {row label: {column: cell text}}}."""
+    tables, name, header = {}, None, None
+    for line in text.splitlines():
+        match = re.match(r"### `(\w+)`", line)
+        if match:
+            name, header = match.group(1), None
+            tables[name] = {}
+        elif name and line.startswith("|") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if header is None:
+                header = cells
+            else:
+                row = dict(zip(header, cells))
+                tables[name][row["method"]] = {k: v for k, v in row.items() if k not in ("family", "method")}
+        elif name and header and not line.strip():
+            name = None
+    return tables
 
+
+def test_paper_numbers_match_the_docs():
+    """scripts/paper_numbers.yaml and docs/paper_numbers.md hold the same cells, both ways."""
     data = yaml.safe_load((REPO / "scripts" / "paper_numbers.yaml").read_text())
-    text = doc.read_text()
-    for name, table in data.items():
-        for label, values in table["rows"].items():
-            for column, (mean, std) in values.items():
-                cell = f"{mean:.2f}" + (f"±{std:.2f}" if std is not None else "")
-                assert cell in text, (name, label, column, cell)
+    text = (REPO / "docs" / "paper_numbers.md").read_text()
+    documented = _doc_tables(text)
+    expected = {name: {label: {(f"s={column:g}" if isinstance(column, float) else column): format_paper(value)
+                               for column, value in values.items()}
+                       for label, values in table["rows"].items()}
+                for name, table in data.items()}
+    assert documented == expected
+    # the gains the doc quotes are the YAML's +HAM - method differences
+    rows = data["imagenet_sparse"]["rows"]
+    for method in ("Random", "AC/DC", "RiGL", "STR"):
+        gains = " / ".join(f"{rows[method + '+HAM'][s][0] - rows[method][s][0]:+.2f}" for s in (0.8, 0.9, 0.95))
+        assert f"{method} {gains}" in " ".join(text.split()), (method, gains)
+    dense = data["imagenet_dense"]["rows"]
+    plain, sam = (" / ".join(f"{dense['HAM'][c][0] - dense['baseline'][c][0]:+.2f}" for c in columns)
+                  for columns in (("100 ep", "200 ep"), ("+SAM 100 ep", "+SAM 200 ep")))
+    assert f"HAM - baseline: {plain} (100 / 200 epochs), with SAM {sam}" in " ".join(text.split())
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
     result = run_script("make_tables", str(tmp_path))
     assert result.returncode != 0 and "no run dirs" in result.stderr
+
+
+def test_the_repository_cites_only_its_own_files():
+    """Facts the code relies on live in docs/; nothing points at files outside the checkout."""
+    roots = [REPO / "docs", REPO / "scripts", REPO / "ham_bench", REPO / "sparsifiers", REPO / "configs",
+             *(REPO / "results").glob("*/README.md"), REPO / "README.md"]
+    files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()
+             and p.suffix in (".md", ".py", ".yaml", ".sh")]
+    assert len(files) > 50
+    offenders = [str(p.relative_to(REPO)) for p in files if "shared/design" in p.read_text(errors="ignore")]
+    assert offenders == []

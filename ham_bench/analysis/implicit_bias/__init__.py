@@ -1,6 +1,6 @@
 """Implicit bias of HAM on underdetermined linear regression (issue 6, theory experiment).
 
-Checks two of the paper's qualitative claims (shared/design/paper_numbers.md):
+Checks two of the paper's qualitative claims (docs/paper_numbers.md):
 
 3. As alpha grows, the interpolating solution HAM converges to moves from the
    minimum-L2 toward the minimum-L1 (basis pursuit) solution, and recovers a
@@ -25,7 +25,7 @@ wrong sign and has to cross zero (where claim 4 is about).
 - ``mw_gamma=G``: theta = m * w, plain GD on (m, w). Gradient flow conserves
   gamma = m^2 - w^2 per coordinate and gives d theta = -sqrt(gamma^2 +
   4 theta^2) grad dt: the inverse metric at theta = 0 is |gamma|. The init
-  is Sign-In's balance formula (methods.md) at m * w = theta0:
+  is Sign-In's balance formula (docs/methods.md) at m * w = theta0:
   m = sqrt((G + sqrt(G^2 + 4 theta0^2)) / 2), w = theta0 / m. The init scale
   is |m| ~ max(sqrt(G), sqrt|theta0|): G << |theta0| is the small balanced
   init (|m| = |w| ~ 0.03, what gamma decays to without Sign-In's
@@ -58,7 +58,7 @@ the n-dim dual. The script also tabulates that flow limit over a wider alpha
 grid and a smaller init, without training.
 
 Sign flips: per step, coordinates whose sign changed with both sides nonzero
-(methods.md). For the support coordinates that start with the wrong sign:
+(docs/methods.md). For the support coordinates that start with the wrong sign:
 the step and the flow time (sum of lr) at which each first has the right sign
 and |theta| >= eps_zero.
 

@@ -7,8 +7,10 @@
 Every directory holding a ``summary.json``, ``.hydra/config.yaml`` or ``metrics.jsonl`` is a run;
 one row group per resolved config except the seed. Only completed runs enter the means; every
 other run is listed under the tables and its cell marked with †. ``--out DIR`` writes
-``tables.md`` (everything printed), ``<table>.csv`` (wide), ``<table>_detail.csv`` and
-``runs.csv`` (one line per run). The tables and their columns: ``ham_bench.analysis.tables``.
+``tables.md`` (everything printed), ``<table>.csv`` (wide), ``<table>_detail.csv``,
+``<table>_paired.csv`` (+HAM minus the method per cell, with a seed-paired test and Holm's
+correction) and ``runs.csv`` (one line per run). The tables: ``ham_bench.analysis.tables`` and
+``ham_bench.analysis.paired``.
 """
 
 from __future__ import annotations

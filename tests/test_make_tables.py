@@ -15,8 +15,11 @@ import statistics
 
 import pytest
 import yaml
+from scipy import stats as scipy_stats
+from scipy.stats import t as scipy_t
 
 from ham_bench.analysis.runs import collect_runs, group_runs, mean_std
+from ham_bench.analysis.paired import ham_pairs, holm
 from ham_bench.analysis.paper import format_paper
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.tables import build_tables, format_cell
@@ -80,7 +83,7 @@ def test_markdown_csv_and_paper_column(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (out / "tables.md").read_text().strip()
     assert {p.name for p in out.iterdir()} == {"tables.md", "sparse.csv", "sparse_detail.csv", "dense.csv",
-                                             "dense_detail.csv", "runs.csv"}
+                                             "dense_detail.csv", "runs.csv", "sparse_paired.csv"}
     with open(out / "sparse.csv") as handle:
         wide = {row["method"]: row for row in csv.DictReader(handle)}
     assert wide["Random"]["s=0.9"] == "82.00 ± 2.00 (3)"
@@ -95,7 +98,7 @@ def test_markdown_csv_and_paper_column(sweep, tmp_path):
     random_09 = next(r for r in detail if r["method"] == "Random" and r["target sparsity"] == "0.9")
     assert (random_09["n"], random_09["seeds"], random_09["final_test_acc mean"], random_09["std"]) == (
         "3", "0 1 2", "82.00", "2.00")
-    assert random_09["paper"] == "71.56 ± 0.03" and random_09["ours - paper"] == "+10.44"
+    assert random_09["paper"] == "71.56 ± 0.03" and "ours - paper" not in random_09  # levels do not compare
     assert random_09["achieved sparsity"] == "0.9000"
     assert random_09["train_flops_fraction"] == "0.400" and random_09["inference_flops_fraction"] == "0.100"
     ham = next(r for r in detail if r["method"] == "Random+HAM")
@@ -107,6 +110,40 @@ def test_markdown_csv_and_paper_column(sweep, tmp_path):
     markdown = (out / "tables.md").read_text()
     assert "| DtS | AC/DC+HAM |" in markdown and "76.66 ± 0.12" in markdown
     assert "| baseline |" in markdown and "76.72 ± 0.19" in markdown
+
+
+def test_paired_table_gain_effect_size_and_holm_corrected_test(sweep, tmp_path):
+    """+HAM - method per cell: the gain, the pooled-std ratio, a seed-paired t-test and Holm's correction."""
+    out = tmp_path / "tables"
+    make_tables(list(sweep), out, paper=["imagenet_sparse"])
+    with open(out / "sparse_paired.csv") as handle:
+        [row] = list(csv.DictReader(handle))  # the only cell with both rows: Random vs Random+HAM at 0.9
+    pooled = ((2 * 2.0 ** 2 + 1 * statistics.variance([85.0, 86.0])) / 3) ** 0.5
+    assert (row["+HAM row"], row["vs"], row["column"], row["seeds (+HAM / alone)"]) == ("Random+HAM", "Random",
+                                                                                      "s=0.9", "2 / 3")
+    assert row["gain"] == "+3.50" and row["pooled std"] == f"{pooled:.2f}" and row["gain / pooled std"] == \
+        f"{3.5 / pooled:+.1f}"
+    # seeds 0 and 1 pair: differences 5 and 4, t = 9 on 1 degree of freedom
+    assert row["test"] == "paired t (n=2)" and row["p"] == f"{2 * scipy_t.sf(9.0, 1):.3f}" == row["p (Holm)"]
+    assert row["significant (Holm, 0.05)"] == "no" and row["paper's gain"] == "+1.16"
+    text = (out / "tables.md").read_text()
+    assert "is an effect size (Cohen's d over the two cells' seeds), not a test" in text
+    assert "Holm's correction over the 1 tested cells of this table" in text
+    assert not (out / "dense_paired.csv").exists()  # baseline (SGD) and HAM (SAM) are not one config
+
+
+def test_holm_correction_and_the_welch_fallback(sweep, tmp_path):
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4])
+    source = sweep[0] / "0_random"
+    for seed, acc in [(0, 80.0), (1, 81.0)]:
+        make_variant(source, tmp_path / f"off{seed}", ["sparsifier=random", "ham=off"], seed, acc)
+    for seed, acc in [(2, 83.0), (3, 85.0)]:
+        make_variant(source, tmp_path / f"on{seed}", RANDOM_HAM, seed, acc)
+    [table] = build_tables(collect_runs([tmp_path]))
+    [pair] = ham_pairs(table)  # no seed in common: Welch's test on the two cells
+    assert pair.test == "Welch t" and pair.gain == pytest.approx(3.5)
+    assert pair.p == pytest.approx(scipy_stats.ttest_ind([83.0, 85.0], [80.0, 81.0], equal_var=False).pvalue)
 
 
 def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):

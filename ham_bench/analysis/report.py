@@ -4,8 +4,8 @@
 dense and the sparse table (``ham_bench.analysis.tables``), lists every run that did not
 complete (failed, stopped, or without summary.json: still running or killed) and every duplicate
 (a newer run of the same config and seed is used), and with ``out`` writes ``tables.md``
-(everything printed), ``<table>.csv`` (wide), ``<table>_detail.csv`` and ``runs.csv`` (one line
-per run). All files are computed first and then written atomically, so a bad input leaves
+(everything printed), ``<table>.csv`` (wide), ``<table>_detail.csv``, ``<table>_paired.csv``
+(``ham_bench.analysis.paired``) and ``runs.csv`` (one line per run). All files are computed first and then written atomically, so a bad input leaves
 nothing half-written.
 """
 
@@ -17,17 +17,12 @@ from pathlib import Path
 from ham_bench.atomic_io import READABLE, write_csv, write_text
 from ham_bench.analysis.paper import load_paper_numbers
 from ham_bench.analysis.runs import Group, Run, collect_runs
-from ham_bench.analysis.tables import (DAGGER, Table, build_tables, detail_rows, flops_keys, short_value,
+from ham_bench.analysis.paired import ham_pairs, paired_rows, render_paired
+from ham_bench.analysis.tables import (DAGGER, Table, build_tables, detail_rows, flops_keys, markdown, short_value,
                                        split_name, wide_rows)
 
 HEADLINE_KEYS = ("dataset.name", "model.name", "batch_size", "optimizer.lr", "optimizer.momentum",
                  "optimizer.weight_decay", "schedule.name", "label_smoothing", "ham.alpha", "ham.beta")
-
-
-def markdown(header: list[str], lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
-    return "\n".join(out)
 
 
 def common_settings(table: Table) -> str:
@@ -56,6 +51,9 @@ def render_table(table: Table) -> str:
             parts.append(f"Note: our numbers are on the {split} split, the paper's on the test split.")
     parts += ["", markdown(*wide_rows(table)), "", f"### {table.title.split(':')[0]}: details", "",
               markdown(*detail_rows(table)), ""]
+    pairs = ham_pairs(table)
+    if pairs:
+        parts.append(render_paired(table, pairs))
     return "\n".join(parts)
 
 
@@ -110,6 +108,9 @@ def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | N
         for table in tables:
             csvs[f"{table.name}.csv"] = wide_rows(table)
             csvs[f"{table.name}_detail.csv"] = detail_rows(table)
+            pairs = ham_pairs(table)
+            if pairs:
+                csvs[f"{table.name}_paired.csv"] = paired_rows(table, pairs)
         out = Path(out)
         write_text(out / "tables.md", text, READABLE)
         for name, (header, lines) in csvs.items():

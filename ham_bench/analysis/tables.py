@@ -11,7 +11,9 @@ Two layouts, each for a dense and a sparse table:
   sparsity with n and seeds, mean and std, best-epoch accuracy, achieved
   sparsity, sign flips, the training / inference FLOPs columns when the
   summaries have them (every numeric summary key whose name holds "flops" and
-  "fraction", e.g. ``train_flops_fraction_of_dense``) and seconds per run.
+  "fraction", e.g. ``train_flops_fraction_of_dense``), seconds per run and, with
+  ``--paper``, the published number as a reference level (levels of another dataset and
+  model do not compare; the gains do: ``ham_bench.analysis.paired``).
 
 Only completed runs enter the means; a cell with any other run is marked †.
 Std is the sample standard deviation (ddof = 1); with one seed it is blank.
@@ -191,7 +193,7 @@ def detail_rows(table: Table) -> tuple[list[str], list[list[str]]]:
               "achieved sparsity", "sign flips (total)",
               *flops, "seconds per run", "eval split", "not completed"]
     if table.paper:
-        header += ["paper", "ours - paper"]
+        header.append("paper")
     lines = []
     for group in groups:
         run = group.first
@@ -211,7 +213,6 @@ def detail_rows(table: Table) -> tuple[list[str], list[list[str]]]:
         if table.paper:
             published = table.paper.get(group.label, {}).get(_column(table, run))
             line.append(format_paper(published))
-            line.append(f"{mean - published[0]:+.2f}" if published and mean is not None else "")
         lines.append(line)
     return header, lines
 
@@ -223,3 +224,9 @@ def _column(table: Table, run: Run):
 def split_name(key: str, table: Table) -> str:
     """``final_test_acc`` -> ``final_val_acc`` when the runs evaluated on the validation split."""
     return key.replace("test", table.eval_split) if table.eval_split != "test" else key
+
+
+def markdown(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+    return "\n".join(out)

@@ -152,6 +152,11 @@ def plot_sweep(source: Path, root: Path) -> Path:
     return root
 
 
+def hydra_dirname(index: int, overrides: list[str], seed: int) -> str:
+    """The name Hydra's multirun gives a job dir: ``<n>_<its overrides, sorted, comma-joined>``."""
+    return f"{index}_" + ",".join(sorted([*overrides, f"seed={seed}"]))
+
+
 def val_sweep(source: Path, root: Path) -> Path:
     """A HAM alpha x beta validation sweep; (50, 0) has a diverged run despite its best mean."""
     grid = {
@@ -165,6 +170,7 @@ def val_sweep(source: Path, root: Path) -> Path:
               for setting, seed, acc in [("dense", 0, 90.1), ("dense", 1, 89.9), ("random", 0, 84.0),
                                          ("random", 1, 84.4)]]
     for index, (overrides, seed, acc) in enumerate(cases):
-        make_variant(source, root / f"{index}", [*overrides, "dataset.eval_split=val"], seed, acc,
+        overrides = [*overrides, "dataset.eval_split=val"]
+        make_variant(source, root / hydra_dirname(index, overrides, seed), overrides, seed, acc,
                      status="failed" if acc == 10.0 else "completed", extra_summary={"eval_split": "val"})
     return root

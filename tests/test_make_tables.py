@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ from ham_bench.analysis.paired import ham_pairs, holm
 from ham_bench.analysis.paper import format_paper
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.tables import build_tables, format_cell
-from sweep_fixtures import PLUGIN, REPO, RANDOM_HAM, SIGNIN, make_variant, real_run_dir, run_script, tables_sweep
+from sweep_fixtures import PLUGIN, REPO, RANDOM, RANDOM_HAM, SIGNIN, hydra_dirname, make_variant, real_run_dir, run_script, tables_sweep
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_markdown_csv_and_paper_column(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (out / "tables.md").read_text().strip()
     assert {p.name for p in out.iterdir()} == {"tables.md", "sparse.csv", "sparse_detail.csv", "dense.csv",
-                                             "dense_detail.csv", "runs.csv", "sparse_paired.csv"}
+                                             "dense_detail.csv", "runs.csv", "sparse_paired.csv", "readings.json"}
     with open(out / "sparse.csv") as handle:
         wide = {row["method"]: row for row in csv.DictReader(handle)}
     assert wide["Random"]["s=0.9"] == "82.00 ± 2.00 (3)"
@@ -144,6 +145,88 @@ def test_holm_correction_and_the_welch_fallback(sweep, tmp_path):
     [pair] = ham_pairs(table)  # no seed in common: Welch's test on the two cells
     assert pair.test == "Welch t" and pair.gain == pytest.approx(3.5)
     assert pair.p == pytest.approx(scipy_stats.ttest_ind([83.0, 85.0], [80.0, 81.0], equal_var=False).pvalue)
+
+
+def test_readings_hold_the_figures_a_reading_quotes(sweep, tmp_path):
+    make_tables(list(sweep), tmp_path, paper=["imagenet_sparse"])
+    numbers = json.loads((tmp_path / "readings.json").read_text())
+    assert (numbers["runs"], numbers["completed"], numbers["generated_by"]) == (15, 12, "scripts/make_tables.py")
+    sparse = numbers["tables"]["sparse"]
+    assert sparse["seed_std"] == {"min": pytest.approx(0.707107), "median": pytest.approx(0.763763), "max": 2.0,
+                                  "cells": 3}
+    # seconds = 60 + 10 * seed for the 9 completed sparse runs
+    assert sparse["seconds_per_run"] == {"min": 60.0, "median": 70.0, "max": 80.0, "sum": 610.0}
+    [pair] = sparse["paired"]
+    assert (pair["row"], pair["vs"], pair["column"], pair["gain"], pair["test"]) == (
+        "Random+HAM", "Random", "s=0.9", 3.5, "paired t (n=2)")
+    assert pair["paper_gain"] == pytest.approx(1.16) and pair["significant"] is False
+    assert pair["sign_flips_change_percent"] == 200.0  # 3x the flips, every epoch
+    assert pair["sign_flips_change_percent_per_epoch"] == [200.0, 200.0]
+    random = next(c for c in sparse["cells_detail"] if c["row"] == "Random" and c["column"] == "s=0.9")
+    assert random["sign_flips_per_epoch"] == [500.0, 100.0] and random["seeds"] == [0, 1, 2]
+    assert sparse["rank"]["s=0.9"] == ["Random+HAM", "Random+Sign-In", "Random"]
+    assert sparse["paired_summary"]["significant_after_holm"] == 0 and sparse["paired_summary"]["tested"] == 1
+
+
+def _hydra_sweep(source: Path, root: Path) -> Path:
+    """Random alone and +HAM at two alphas, in job dirs named as Hydra's multirun names them."""
+    cases = [(RANDOM + ["ham=off"], 0, 80.0), (RANDOM + ["ham=off"], 1, 81.0)]
+    cases += [(RANDOM_HAM + [f"ham.alpha={alpha}"], seed, acc)
+              for alpha, accs in ((5, (81.0, 81.4)), (20, (82.0, 82.9))) for seed, acc in enumerate(accs)]
+    for index, (overrides, seed, acc) in enumerate(cases):
+        overrides = [*overrides, "sparsifier.sparsity=0.9"]
+        make_variant(source, root / hydra_dirname(index, overrides, seed), overrides, seed, acc)
+    return root
+
+
+def test_tables_rebuilt_from_runs_csv_equal_the_originals(sweep, tmp_path):
+    runs_dir = _hydra_sweep(sweep[0] / "0_random", tmp_path / "multirun")
+    make_tables([runs_dir], tmp_path / "dirs", paper=["imagenet_sparse"])
+    result = run_script("make_tables", "--from-csv", str(tmp_path / "dirs" / "runs.csv"), "--out",
+                        str(tmp_path / "csv"), "--paper", "imagenet_sparse")
+    assert result.returncode == 0, result.stderr
+    for name in ("runs.csv", "sparse.csv", "sparse_detail.csv", "sparse_paired.csv"):
+        assert (tmp_path / "csv" / name).read_text() == (tmp_path / "dirs" / name).read_text(), name
+    with open(tmp_path / "csv" / "sparse_paired.csv") as handle:
+        assert [row["+HAM row"] for row in csv.DictReader(handle)] == ["Random+HAM [ham.alpha=5]",
+                                                                      "Random+HAM [ham.alpha=20]"]
+    rebuilt, original = (json.loads((tmp_path / d / "readings.json").read_text()) for d in ("csv", "dirs"))
+    for numbers in (rebuilt, original):
+        numbers.pop("source")
+        for cell in numbers["tables"]["sparse"]["cells_detail"]:
+            cell.pop("sign_flips_per_epoch", None)  # per-epoch rows need metrics.jsonl
+        for pair in numbers["tables"]["sparse"]["paired"]:
+            pair.pop("sign_flips_change_percent_per_epoch", None)
+    assert rebuilt == original
+    text = (tmp_path / "csv" / "tables.md").read_text()
+    assert "(rebuilt from runs.csv)" in text and "Rebuilt from make_tables' runs.csv" in text
+
+
+def test_a_runs_csv_that_cannot_tell_runs_apart_is_refused(sweep, tmp_path):
+    """Two alphas in job dirs named 0, 1, ...: runs.csv alone cannot tell them apart."""
+    source = sweep[0] / "3_random_ham"
+    for index, (alpha, seed) in enumerate([(5.0, 0), (20.0, 0)]):
+        make_variant(source, tmp_path / "runs" / f"{index}", RANDOM_HAM + [f"ham.alpha={alpha}"], seed, 80.0 + index)
+    make_tables([tmp_path / "runs"], tmp_path / "dirs")
+    result = run_script("make_tables", "--from-csv", str(tmp_path / "dirs" / "runs.csv"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "nothing in runs.csv tells them apart" in result.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b\n1,2\n", "not a make_tables runs.csv (missing columns: run dir, status,"),
+    (None, "No such file or directory"),
+])
+def test_a_bad_runs_csv_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "runs.csv"
+    if content is not None:
+        path.write_text(content)
+    result = run_script("make_tables", "--from-csv", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: --from-csv {path}: ") and message in result.stderr
+    assert not (tmp_path / "out").exists()
+    both = run_script("make_tables", str(tmp_path), "--from-csv", str(path))
+    assert both.returncode == 2 and "give either SWEEP_DIR ... or --from-csv RUNS_CSV" in both.stderr
 
 
 def test_settings_that_differ_split_rows_and_name_themselves(sweep, tmp_path):

@@ -8,6 +8,7 @@ import matplotlib.image
 import pytest
 
 from ham_bench.analysis import plots
+from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.runs import collect_runs
 from ham_bench.atomic_io import read_jsonl
 from sweep_fixtures import BASE_FLIPS, PLUGIN, make_variant, plot_sweep, real_run_dir, run_script
@@ -43,7 +44,7 @@ def test_cli_writes_both_pngs(sweep, tmp_path):
     result = run_script("plot_sign_flips", str(root), "--out", str(out), "--sparsity", "0.9")
     assert result.returncode == 0, result.stderr
     assert "left out 1 runs" in result.stderr and "ham_failed (failed)" in result.stderr
-    for name in ("sign_flips.png", "accuracy_vs_sparsity.png"):
+    for name in ("sign_flips.png", "accuracy_vs_sparsity.png", "ham_gain.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = matplotlib.image.imread(path)
@@ -57,7 +58,7 @@ def test_nothing_at_the_requested_sparsity_still_writes_the_accuracy_plot(sweep,
     written = plots.make_plots([root], tmp_path, sparsity=0.5, log_scale=True)
     names = sorted(p.name for p in written)
     assert "accuracy_vs_sparsity.png" in names
-    assert names == ["accuracy_vs_sparsity.png", "sign_flips.png"]  # the dense run still has a panel
+    assert names == ["accuracy_vs_sparsity.png", "ham_gain.png", "sign_flips.png"]  # dense still has a panel
 
 
 def test_a_plugin_over_the_random_config_has_its_own_panel(sweep, tmp_path):
@@ -69,3 +70,37 @@ def test_a_plugin_over_the_random_config_has_its_own_panel(sweep, tmp_path):
     random_panel = figure.axes[1]
     assert [line.get_label() for line in random_panel.lines] == ["Random (n=2)", "Random+Sign-In (n=2)",
                                                                  "Random+HAM (n=2)"]
+
+
+def test_the_gain_figure_draws_the_differences_on_their_own_axis(sweep):
+    figure = plots.ham_gain_figure(collect_runs([sweep]))
+    [ax] = figure.axes
+    [gain] = ax.containers
+    line, _caps, [bars] = gain.lines
+    assert gain.get_label() == "Random+HAM - Random"
+    assert list(line.get_xdata()) == [0.8, 0.9, 0.95]
+    assert list(line.get_ydata()) == pytest.approx([1.5, 1.5, 1.5])  # +HAM is 1.5 points above, every seed
+    # bars: ± the standard error; each cell's two seeds differ by 1 point: sqrt(0.5 / 2 + 0.5 / 2)
+    assert [abs(seg[1][1] - seg[0][1]) / 2 for seg in bars.get_segments()] == pytest.approx([0.5 ** 0.5] * 3)
+    assert ax.get_ylabel() == "+HAM - method (test accuracy, points)"
+    assert "final test accuracy" in figure._suptitle.get_text()
+
+
+def test_titles_and_labels_read_as_words(sweep):
+    runs = collect_runs([sweep])
+    accuracy = plots.accuracy_figure(runs)
+    assert accuracy._suptitle.get_text().startswith("Final test accuracy vs target sparsity")
+    flips = plots.sign_flips_figure(runs, 0.9)
+    assert flips.axes[len(flips.axes) // 2].get_ylabel() == "fraction of weights nonzero at init\nwhose sign differs"
+    for figure in (accuracy, flips):
+        texts = [figure._suptitle.get_text()] + [t for ax in figure.axes for t in (ax.get_title(), ax.get_ylabel())]
+        assert not [t for t in texts if "_" in t], texts  # no raw summary keys
+
+
+def test_plots_from_a_runs_csv(sweep, tmp_path):
+    make_tables([sweep], tmp_path / "tables")
+    result = run_script("plot_sign_flips", "--from-csv", str(tmp_path / "tables" / "runs.csv"), "--out",
+                        str(tmp_path / "png"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["accuracy_vs_sparsity.png", "ham_gain.png"]
+    assert "sign_flips.png: not drawn, runs.csv has no per-epoch sign flips" in result.stderr

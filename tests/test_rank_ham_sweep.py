@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ham_bench.analysis.ranking import rank
@@ -25,6 +27,14 @@ def test_ranking_follows_the_rule_and_names_the_choice(val_sweep, tmp_path):
     assert off == pytest.approx(87.1)
     ranking = (tmp_path / "ranking.md").read_text()
     assert "Chosen: alpha = 20, beta = 0.001." in ranking
+    assert "HAM off (same settings and seeds): 87.10 % mean val acc. Ranked with the pairs it would be 3 of 3." \
+        in ranking
+    numbers = json.loads((tmp_path / "readings.json").read_text())["ranking"]
+    assert (numbers["ham_off_rank"], numbers["of"], numbers["ranked"]) == (3, 3, 2)
+    assert numbers["margin_over_runner_up"] == pytest.approx(0.45) and numbers["score_range"] == pytest.approx(0.45)
+    rebuilt = run_script("rank_ham_sweep", "--from-csv", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "csv"))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "csv" / "ranking.md").read_text().split("\n", 3)[3] == ranking.split("\n", 3)[3]
     assert "| — | 50 | 0 | — |" in ranking
     assert (tmp_path / "tables.md").exists() and (tmp_path / "runs.csv").exists()
 

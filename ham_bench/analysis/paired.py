@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from ham_bench.analysis.runs import Group
-from ham_bench.analysis.tables import Table, column_name, markdown
+from ham_bench.analysis.tables import Table, column_name, column_of, markdown
 
 ALPHA = 0.05
 
@@ -36,6 +36,7 @@ class Pair:
     on: Group                      # the +HAM cell
     off: Group                     # the method alone
     column: object
+    metric: str
     gain: float | None
     pooled_std: float | None
     test: str                      # "paired t (n=3)", "Welch t", or "" (too few seeds)
@@ -83,7 +84,7 @@ def compare(on: Group, off: Group, column, metric: str) -> Pair:
         elif len(a) >= 2 and len(b) >= 2:
             test, p = "Welch t", stats.ttest_ind(list(b.values()), list(a.values()), equal_var=False).pvalue
     p = float(p) if p is not None and math.isfinite(p) else None
-    return Pair(on=on, off=off, column=column, gain=gain, pooled_std=pooled, test=test if p is not None else "", p=p)
+    return Pair(on=on, off=off, column=column, metric=metric, gain=gain, pooled_std=pooled, test=test if p is not None else "", p=p)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -96,12 +97,16 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def pairs_of(groups: list[Group], metric: str, column) -> list[Pair]:
+    """Every +HAM group paired with the group of the same config without HAM; ``column(run)`` names the cell."""
+    alone = {_key(g): g for g in groups if g.first.ham == "off" and g.used}
+    return [compare(g, alone[_key(g)], column(g.first), metric)
+            for g in groups if g.first.ham != "off" and g.used and _key(g) in alone]
+
+
 def ham_pairs(table: Table) -> list[Pair]:
     """Every cell of the table with a +HAM row and the method's own row, in the table's order."""
-    column_of = (lambda run: run.dense_column) if table.name == "dense" else (lambda run: run.sparsity)
-    alone = {_key(g): g for g in table.groups if g.first.ham == "off"}
-    pairs = [compare(g, alone[_key(g)], column_of(g.first), table.metric)
-             for g in table.groups if g.first.ham != "off" and _key(g) in alone]
+    pairs = pairs_of(table.groups, table.metric, lambda run: column_of(table, run))
     pairs.sort(key=lambda p: (table.rows.index(p.on.label), table.columns.index(p.column)))
     tested = [p for p in pairs if p.p is not None]
     for pair, adjusted in zip(tested, holm([p.p for p in tested])):

@@ -6,13 +6,21 @@
   metrics.jsonl: flips between consecutive steps, summed over the epoch)
   of the method alone, +Sign-In and +HAM (+Sign-In+HAM when run), and in a
   second row the fraction of weights whose sign differs from initialization
-  (``sign_differs_from_init``). Lines are the mean over seeds; the band spans
-  the seeds' minimum to maximum.
+  (``sign_differs_from_init``: the fraction of the weights nonzero at
+  initialization whose sign now differs, as the trainer logs it; the plot
+  draws the logged value and computes nothing itself). Lines are the mean over
+  seeds; the band spans the seeds' minimum to maximum.
 - ``accuracy_vs_sparsity.png``: for each base method, final accuracy (mean ±
   std over seeds, from summary.json) against target sparsity, alone, +HAM
-  and +Sign-In; the dense baseline and dense HAM as horizontal lines. Both
-  figures use one training setting: the optimizer and run length most of the
-  sparse runs have (a dense sweep's SAM and 2x-length runs are left out).
+  and +Sign-In; the dense baseline and dense HAM as horizontal lines.
+- ``ham_gain.png``: the same runs as differences, +HAM minus the method alone
+  (points) against target sparsity, on an axis of their own: the effects of
+  a few tenths of a point that the accuracy axis (spanning all methods) hides.
+  Bars: ± the standard error of the difference of the two means,
+  sqrt(s1^2 / n1 + s2^2 / n2); dense HAM - baseline as a horizontal line.
+
+All figures use one training setting: the optimizer and run length most of the sparse runs have
+(a dense sweep's SAM and 2x-length runs are left out).
 
 Runs are found and labelled by ``ham_bench.analysis.runs``, as for the tables; only completed
 runs are plotted, and the runs left out are named on stderr.
@@ -20,6 +28,8 @@ runs are plotted, and the runs left out are named on stderr.
 
 from __future__ import annotations
 
+import math
+import statistics
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -31,7 +41,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ham_bench.analysis.labels import METHOD_LABELS, base_order, variant_order  # noqa: E402
-from ham_bench.analysis.runs import Run, collect_runs, group_runs, mean_std  # noqa: E402
+from ham_bench.analysis.paired import pairs_of  # noqa: E402
+from ham_bench.analysis.runs import Run, group_runs, mean_std  # noqa: E402
+from ham_bench.analysis.runs_csv import load_runs  # noqa: E402
 from ham_bench.atomic_io import read_jsonl, savefig  # noqa: E402
 
 VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
@@ -41,6 +53,14 @@ VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
     (True, True): ("+Sign-In+HAM", "tab:red", ":"),
 }
 PANEL_WIDTH, MIN_WIDTH = 4.2, 6.5  # inches
+
+
+METRIC_NAMES = {"final_test_acc": "final {split} accuracy", "best_test_acc": "best-epoch {split} accuracy"}
+
+
+def metric_name(metric: str, split: str) -> str:
+    """``final_test_acc`` -> ``final test accuracy``: what a title shows instead of the summary key."""
+    return METRIC_NAMES.get(metric, metric).format(split=split)
 
 
 def _base_label(base: str) -> str:
@@ -112,7 +132,7 @@ def sign_flips_figure(runs: list[Run], sparsity: float, log_scale: bool = False)
         if log_scale:
             axes[0][column].set_yscale("log")
     axes[0][0].set_ylabel("sign flips per epoch")
-    axes[1][0].set_ylabel("fraction with sign != initial")
+    axes[1][0].set_ylabel("fraction of weights nonzero at init\nwhose sign differs")
     figure.suptitle("Sign flips during training\n(mean over seeds; band: min to max)", fontsize=11)
     figure.tight_layout()
     return figure
@@ -152,23 +172,69 @@ def accuracy_figure(runs: list[Run], metric: str = "final_test_acc"):
         ax.set_xlabel("target sparsity")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"{split} top-1 accuracy (%)")
-    figure.suptitle(f"{metric.replace('test', split)} vs target sparsity\n(mean ± std over seeds)", fontsize=11)
+    figure.suptitle(f"{metric_name(metric, split).capitalize()} vs target sparsity\n(mean ± std over seeds)",
+                    fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def _standard_error(pair) -> float:
+    parts = [statistics.variance(v) / len(v) for v in (pair.on.values(pair.metric), pair.off.values(pair.metric))
+             if len(v) > 1]
+    return math.sqrt(sum(parts)) if len(parts) == 2 else 0.0
+
+
+def ham_gain_figure(runs: list[Run], metric: str = "final_test_acc"):
+    """+HAM minus the method alone against target sparsity, one panel per base method."""
+    groups = [g for g in group_runs(_one_setting(runs)) if g.used]
+    pairs = [p for p in pairs_of(groups, metric, lambda run: run.sparsity) if p.gain is not None]
+    sparse = [p for p in pairs if p.on.first.base != "dense"]
+    bases = _bases([p.on.first for p in sparse])
+    if not bases:
+        print("ham_gain.png: no sparse cell has both +HAM and the method alone", file=sys.stderr)
+        return None
+    dense = [p.gain for p in pairs if p.on.first.base == "dense"]
+    figure, axes = plt.subplots(1, len(bases), figsize=(max(MIN_WIDTH, PANEL_WIDTH * len(bases)), 3.6),
+                                squeeze=False, sharey=True)
+    split = groups[0].first.eval_split
+    for column, base in enumerate(bases):
+        ax = axes[0][column]
+        for signin in (False, True):
+            points = sorted((p.column, p.gain, _standard_error(p)) for p in sparse
+                            if p.on.first.base == base and p.on.first.signin == signin)
+            if points:
+                suffix, colour, style = VARIANT_STYLES[(signin, True)]
+                ax.errorbar([q[0] for q in points], [q[1] for q in points], yerr=[q[2] for q in points], fmt=style,
+                            color=colour, marker="o", markersize=4, capsize=3,
+                            label=f"{_base_label(base)}{suffix} - {_base_label(base)}{'+Sign-In' if signin else ''}")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        if len(dense) == 1:
+            ax.axhline(dense[0], color="grey", linestyle=":", linewidth=1, label="dense: HAM - baseline")
+        ax.set_title(_base_label(base))
+        ax.set_xlabel("target sparsity")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"+HAM - method ({split} accuracy, points)")
+    figure.suptitle(f"What HAM adds: {metric_name(metric, split)}, +HAM minus the method alone\n"
+                    "(difference of seed means; bars: ± standard error of the difference)", fontsize=11)
     figure.tight_layout()
     return figure
 
 
 def make_plots(paths: list[Path], out: Path, sparsity: float = 0.9, log_scale: bool = False,
-               metric: str = "final_test_acc") -> list[Path]:
-    runs = collect_runs(paths)
-    if not runs:
-        raise SystemExit(f"error: no run dirs under {', '.join(map(str, paths))}")
+               metric: str = "final_test_acc", from_csv: Path | None = None) -> list[Path]:
+    """Draw every figure first, then write the PNG files; ``from_csv``: the runs of a runs.csv
+    (no per-epoch metrics there, so no sign-flip figure)."""
+    runs, _source = load_runs(paths, from_csv)
     out = Path(out)
     left_out = [r for r in runs if r.status != "completed"]
     if left_out:
         print(f"left out {len(left_out)} runs that did not complete: "
               + ", ".join(f"{r.path.name} ({r.status})" for r in left_out), file=sys.stderr)
-    figures = {"sign_flips.png": sign_flips_figure(runs, sparsity, log_scale),
-               "accuracy_vs_sparsity.png": accuracy_figure(runs, metric)}
+    figures = {"sign_flips.png": None if from_csv else sign_flips_figure(runs, sparsity, log_scale),
+               "accuracy_vs_sparsity.png": accuracy_figure(runs, metric),
+               "ham_gain.png": ham_gain_figure(runs, metric)}
+    if from_csv:
+        print("sign_flips.png: not drawn, runs.csv has no per-epoch sign flips (needs the run dirs)", file=sys.stderr)
     written = []
     for name, figure in figures.items():
         if figure is not None:

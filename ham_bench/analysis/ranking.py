@@ -32,7 +32,7 @@ def rank(runs: list[Run]) -> tuple[list[dict], float | None]:
     pairs: dict[tuple[float, float], list[Run]] = {}
     for run in runs:
         if run.ham != "off":
-            pairs.setdefault((float(run.config["ham"]["alpha"]), float(run.config["ham"]["beta"])), []).append(run)
+            pairs.setdefault((float(run.flat["ham.alpha"]), float(run.flat["ham.beta"])), []).append(run)
     entries = []
     for (alpha, beta), members in pairs.items():
         done = [run for run in members if run.status == "completed"]
@@ -42,6 +42,24 @@ def rank(runs: list[Run]) -> tuple[list[dict], float | None]:
     entries.sort(key=lambda e: (e["score"] is None, -(e["score"] or 0.0), e["alpha"], e["beta"]))
     off = [run for run in runs if run.ham == "off" and run.status == "completed"]
     return entries, _accuracy(off)
+
+
+def off_rank(entries: list[dict], off: float | None) -> int | None:
+    """Where HAM off would rank among the ranked pairs (1 = above all of them)."""
+    if off is None:
+        return None
+    return 1 + sum(e["score"] is not None and e["score"] > off for e in entries)
+
+
+def ranking_readings(entries: list[dict], off: float | None) -> dict:
+    """The figures a reading of the ranking quotes (readings.json, key ``ranking``)."""
+    ranked = [e for e in entries if e["score"] is not None]
+    scores = [e["score"] for e in ranked]
+    return {"pairs": entries, "ranked": len(ranked), "ham_off": off, "ham_off_rank": off_rank(entries, off),
+            "of": len(ranked) + (off is not None),
+            "score_range": max(scores) - min(scores) if scores else None,
+            "chosen": ranked[0] if ranked else None,
+            "margin_over_runner_up": scores[0] - scores[1] if len(scores) > 1 else None}
 
 
 def render(sweep: Path, entries: list[dict], off: float | None) -> str:
@@ -56,6 +74,10 @@ def render(sweep: Path, entries: list[dict], off: float | None) -> str:
                      f"{cell(e['score'])} | {cell(e['dense'])} | {cell(e['random'])} | {e['runs']} | "
                      f"{e['not_completed']} |")
     lines += ["", f"HAM off (same settings and seeds): {cell(off)} % mean val acc."]
+    rank_of_off = off_rank(entries, off)
+    if rank_of_off is not None:
+        ranked = sum(e["score"] is not None for e in entries)
+        lines[-1] += f" Ranked with the pairs it would be {rank_of_off} of {ranked + 1}."
     if entries and entries[0]["score"] is not None:
         lines += ["", f"Chosen: alpha = {entries[0]['alpha']:g}, beta = {entries[0]['beta']:g}. Put them into the "
                   "`ham:` keys of configs/experiment/fmnist_dense.yaml and fmnist_sparse.yaml."]

@@ -5,8 +5,10 @@ dense and the sparse table (``ham_bench.analysis.tables``), lists every run that
 complete (failed, stopped, or without summary.json: still running or killed) and every duplicate
 (a newer run of the same config and seed is used), and with ``out`` writes ``tables.md``
 (everything printed), ``<table>.csv`` (wide), ``<table>_detail.csv``, ``<table>_paired.csv``
-(``ham_bench.analysis.paired``) and ``runs.csv`` (one line per run). All files are computed first and then written atomically, so a bad input leaves
-nothing half-written.
+(``ham_bench.analysis.paired``), ``runs.csv`` (one line per run) and ``readings.json`` (every
+figure a README quotes: ``ham_bench.analysis.readings``). ``from_csv`` rebuilds all of them from
+a runs.csv when the run dirs are gone (``ham_bench.analysis.runs_csv``). All files are computed
+first and then written atomically, so a bad input leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ham_bench.atomic_io import READABLE, write_csv, write_text
-from ham_bench.analysis.paper import load_paper_numbers
-from ham_bench.analysis.runs import Group, Run, collect_runs
 from ham_bench.analysis.paired import ham_pairs, paired_rows, render_paired
+from ham_bench.analysis.paper import load_paper_numbers
+from ham_bench.analysis.readings import readings
+from ham_bench.analysis.runs import Group, Run
+from ham_bench.analysis.runs_csv import load_runs, refuse_ambiguous
 from ham_bench.analysis.tables import (DAGGER, Table, build_tables, detail_rows, flops_keys, markdown, short_value,
                                        split_name, wide_rows)
+from ham_bench.atomic_io import READABLE, write_csv, write_json, write_text
 
+REBUILT = ("Rebuilt from make_tables' runs.csv (the run dirs are not at hand): the runs' settings beyond its "
+           "columns are the Hydra overrides in the run dir names; the recipe shared by all runs is stated in the "
+           "results README.")
 HEADLINE_KEYS = ("dataset.name", "model.name", "batch_size", "optimizer.lr", "optimizer.momentum",
                  "optimizer.weight_decay", "schedule.name", "label_smoothing", "ham.alpha", "ham.beta")
 
@@ -92,17 +99,19 @@ def runs_csv_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 
 def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | None = None,
-                metric: str = "final_test_acc") -> str:
-    """Aggregate the runs under ``paths``; returns the markdown and, with ``out``, writes the files."""
-    runs = collect_runs(paths)
-    if not runs:
-        raise SystemExit(f"error: no run dirs (summary.json / .hydra/config.yaml) under {', '.join(map(str, paths))}")
+                metric: str = "final_test_acc", from_csv: Path | None = None, extra_readings: dict | None = None) -> str:
+    """Aggregate the runs under ``paths`` (or of ``from_csv``); returns the markdown and, with ``out``,
+    writes the files. Everything is computed before the first file is written."""
+    runs, source = load_runs(paths, from_csv)
     tables = build_tables(runs, metric, load_paper_numbers(paper or []))
     groups = [g for t in tables for g in t.groups]
+    if from_csv is not None:
+        refuse_ambiguous(groups, from_csv)
     completed = sum(r.status == "completed" for r in runs)
-    text = "\n".join([f"# ham-bench results: {len(runs)} runs ({completed} completed) from "
-                      f"{', '.join(str(p) for p in paths)}", ""]
-                     + [render_table(t) for t in tables] + [render_problems(runs, groups)])
+    header = [f"# ham-bench results: {len(runs)} runs ({completed} completed) from {source}", ""]
+    if from_csv is not None:
+        header += [REBUILT, ""]
+    text = "\n".join(header + [render_table(t) for t in tables] + [render_problems(runs, groups)])
     if out is not None:
         csvs = {"runs.csv": runs_csv_rows(runs)}
         for table in tables:
@@ -111,8 +120,10 @@ def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | N
             pairs = ham_pairs(table)
             if pairs:
                 csvs[f"{table.name}_paired.csv"] = paired_rows(table, pairs)
+        numbers = {**readings(source, runs, tables), **(extra_readings or {})}
         out = Path(out)
         write_text(out / "tables.md", text, READABLE)
-        for name, (header, lines) in csvs.items():
-            write_csv(out / name, header, lines)
+        for name, (header_row, lines) in csvs.items():
+            write_csv(out / name, header_row, lines)
+        write_json(out / "readings.json", numbers, READABLE)
     return text

@@ -83,7 +83,7 @@ def _flatten(node: Any, prefix: str = "") -> dict:
     return {prefix[:-1]: node}
 
 
-def _relevant(flat: dict) -> dict:
+def relevant(flat: dict) -> dict:
     """Result-relevant keys; HAM's settings count only when HAM is on (ham=off keeps the overlay's alpha)."""
     ham_off = flat.get("ham.enabled") is False
     return {k: v for k, v in flat.items()
@@ -182,7 +182,7 @@ def load_run(run_dir: Path) -> Run:
     sparsity = summary.get("target_sparsity")
     if sparsity is None:
         sparsity = sparsifier.get("sparsity", (sparsifier.get("inner") or {}).get("sparsity", 0.0))
-    flat = _relevant(_flatten(config)) if config else _relevant(_flatten({"method": method}))
+    flat = relevant(_flatten(config)) if config else relevant(_flatten({"method": method}))
     seed = config.get("seed", method.get("seed"))
     eval_split = summary.get("eval_split") or (config.get("dataset") or {}).get("eval_split") or "test"
     return Run(path=run_dir, status=status, summary=summary, config=config, flat=flat, seed=seed,

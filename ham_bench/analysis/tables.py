@@ -92,12 +92,12 @@ def _dense_column_order(column: str) -> tuple:
 
 def build_table(name: str, groups: list[Group], metric: str, paper: dict | None = None) -> Table:
     dense = name == "dense"
-    column_of = (lambda run: run.dense_column) if dense else (lambda run: run.sparsity)
-    _label_groups(groups, column_of)
+    run_column = (lambda run: run.dense_column) if dense else (lambda run: run.sparsity)
+    _label_groups(groups, run_column)
     cells, order, families = {}, {}, {}
     for group in groups:
         run = group.first
-        cells[(group.label, column_of(run))] = group
+        cells[(group.label, run_column(run))] = group
         order[group.label] = row_order(group.label, run.family, run.base, run.signin, run.ham)
         families[group.label] = run.family
     sort_columns = (lambda c: _dense_column_order(str(c))) if dense else float
@@ -186,7 +186,7 @@ def flops_keys(runs: list[Run]) -> list[str]:
 def detail_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """One line per group: the numbers behind each cell, FLOPs columns when any summary has them."""
     groups = sorted(table.groups, key=lambda g: (table.rows.index(g.label),
-                                                 str(table.columns.index(_column(table, g.first)))))
+                                                 str(table.columns.index(column_of(table, g.first)))))
     flops = flops_keys([run for g in groups for run in g.used])
     header = ["family", "method", "ham", "optimizer", "epochs", "target sparsity", "n", "seeds",
               f"{split_name(table.metric, table)} mean", "std", f"{split_name('best_test_acc', table)} mean",
@@ -211,13 +211,14 @@ def detail_rows(table: Table) -> tuple[list[str], list[list[str]]]:
         line += [_fmt(seconds, 0), run.eval_split,
                  ", ".join(f"seed {r.seed}: {r.status}" for r in not_done)]
         if table.paper:
-            published = table.paper.get(group.label, {}).get(_column(table, run))
+            published = table.paper.get(group.label, {}).get(column_of(table, run))
             line.append(format_paper(published))
         lines.append(line)
     return header, lines
 
 
-def _column(table: Table, run: Run):
+def column_of(table: Table, run: Run):
+    """The table column a run belongs to: its target sparsity (sparse) or ``100 ep`` / ``+SAM 100 ep`` (dense)."""
     return run.dense_column if table.name == "dense" else run.sparsity
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 from scipy import stats as scipy_stats
-from scipy.stats import t as scipy_t
 
 from ham_bench.analysis.runs import collect_runs, group_runs, mean_std
 from ham_bench.analysis.paired import ham_pairs, holm
@@ -124,8 +123,9 @@ def test_paired_table_gain_effect_size_and_holm_corrected_test(sweep, tmp_path):
                                                                                       "s=0.9", "2 / 3")
     assert row["gain"] == "+3.50" and row["pooled std"] == f"{pooled:.2f}" and row["gain / pooled std"] == \
         f"{3.5 / pooled:+.1f}"
-    # seeds 0 and 1 pair: differences 5 and 4, t = 9 on 1 degree of freedom
-    assert row["test"] == "paired t (n=2)" and row["p"] == f"{2 * scipy_t.sf(9.0, 1):.3f}" == row["p (Holm)"]
+    # only seeds 0 and 1 pair (too few for a paired test): Welch's test on the two cells
+    welch = scipy_stats.ttest_ind([85.0, 86.0], [80.0, 82.0, 84.0], equal_var=False).pvalue
+    assert row["test"] == "Welch t" and row["p"] == f"{welch:.3f}" == row["p (Holm)"]
     assert row["significant (Holm, 0.05)"] == "no" and row["paper's gain"] == "+1.16"
     text = (out / "tables.md").read_text()
     assert "is an effect size (Cohen's d over the two cells' seeds), not a test" in text
@@ -133,18 +133,29 @@ def test_paired_table_gain_effect_size_and_holm_corrected_test(sweep, tmp_path):
     assert not (out / "dense_paired.csv").exists()  # baseline (SGD) and HAM (SAM) are not one config
 
 
-def test_holm_correction_and_the_welch_fallback(sweep, tmp_path):
+def _pair_of(source, root, alone: dict, with_ham: dict):
+    for seed, acc in alone.items():
+        make_variant(source, root / f"off{seed}", ["sparsifier=random", "ham=off"], seed, acc)
+    for seed, acc in with_ham.items():
+        make_variant(source, root / f"on{seed}", RANDOM_HAM, seed, acc)
+    [table] = build_tables(collect_runs([root]))
+    [pair] = ham_pairs(table)
+    return pair
+
+
+def test_holm_correction_and_the_tests_over_seeds(sweep, tmp_path):
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4])
     source = sweep[0] / "0_random"
-    for seed, acc in [(0, 80.0), (1, 81.0)]:
-        make_variant(source, tmp_path / f"off{seed}", ["sparsifier=random", "ham=off"], seed, acc)
-    for seed, acc in [(2, 83.0), (3, 85.0)]:
-        make_variant(source, tmp_path / f"on{seed}", RANDOM_HAM, seed, acc)
-    [table] = build_tables(collect_runs([tmp_path]))
-    [pair] = ham_pairs(table)  # no seed in common: Welch's test on the two cells
-    assert pair.test == "Welch t" and pair.gain == pytest.approx(3.5)
-    assert pair.p == pytest.approx(scipy_stats.ttest_ind([83.0, 85.0], [80.0, 81.0], equal_var=False).pvalue)
+    paired = _pair_of(source, tmp_path / "paired", {0: 80.0, 1: 81.0, 2: 83.0}, {0: 81.0, 1: 81.5, 2: 84.5})
+    assert paired.test == "paired t (n=3)" and paired.gain == pytest.approx(1.0)
+    assert paired.p == pytest.approx(scipy_stats.ttest_rel([81.0, 81.5, 84.5], [80.0, 81.0, 83.0]).pvalue)
+    welch = _pair_of(source, tmp_path / "welch", {0: 80.0, 1: 81.0}, {2: 83.0, 3: 85.0})  # no seed in common
+    assert welch.test == "Welch t" and welch.gain == pytest.approx(3.5)
+    assert welch.p == pytest.approx(scipy_stats.ttest_ind([83.0, 85.0], [80.0, 81.0], equal_var=False).pvalue)
+    # the same gain on every seed: no spread, no test (a paired t-test would say p = 0)
+    flat = _pair_of(source, tmp_path / "flat", {0: 80.0, 1: 81.0, 2: 82.0}, {0: 80.5, 1: 81.5, 2: 82.5})
+    assert (flat.test, flat.p, flat.p_holm) == ("", None, None) and flat.gain == pytest.approx(0.5)
 
 
 def test_readings_hold_the_figures_a_reading_quotes(sweep, tmp_path):
@@ -158,7 +169,7 @@ def test_readings_hold_the_figures_a_reading_quotes(sweep, tmp_path):
     assert sparse["seconds_per_run"] == {"min": 60.0, "median": 70.0, "max": 80.0, "sum": 610.0}
     [pair] = sparse["paired"]
     assert (pair["row"], pair["vs"], pair["column"], pair["gain"], pair["test"]) == (
-        "Random+HAM", "Random", "s=0.9", 3.5, "paired t (n=2)")
+        "Random+HAM", "Random", "s=0.9", 3.5, "Welch t")
     assert pair["paper_gain"] == pytest.approx(1.16) and pair["significant"] is False
     assert pair["sign_flips_change_percent"] == 200.0  # 3x the flips, every epoch
     assert pair["sign_flips_change_percent_per_epoch"] == [200.0, 200.0]

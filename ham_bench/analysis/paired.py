@@ -8,8 +8,11 @@ and run length. For every cell that has both rows (same config but HAM; dense: H
 - pooled std: the two cells' sample stds pooled (ddof = 1), and gain / pooled std, an effect
   size (Cohen's d). It says how large the gain is against the seed noise; it is not a test;
 - p: two-sided paired t-test over the seeds both cells completed (``scipy.stats.ttest_rel``:
-  a method and its +HAM run share the seed, hence the mask, the init and the data order);
-  Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) where fewer than 2 seeds pair;
+  a method and its +HAM run share the seed, hence the mask, the init and the data order) when
+  at least MIN_PAIRS seeds pair; otherwise Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``)
+  when both cells have 2 seeds or more. With 2 pairs the paired test has one degree of freedom and
+  returns p ~ 0 whenever the two differences happen to agree; no test is made on samples without
+  spread (identical differences, or cells whose seeds all agree);
 - p (Holm): Holm's step-down correction over all the tested cells of the table, so that a
   "significant" cell keeps the family-wise error rate at ALPHA however many cells there are;
 - paper: the published gain for the same row and column, when ``--paper`` is given.
@@ -29,6 +32,7 @@ from ham_bench.analysis.runs import Group
 from ham_bench.analysis.tables import Table, column_name, column_of, markdown
 
 ALPHA = 0.05
+MIN_PAIRS = 3
 
 
 @dataclass
@@ -67,6 +71,11 @@ def _by_seed(group: Group, metric: str) -> dict:
     return values
 
 
+def _spread(values: list[float]) -> bool:
+    """Whether the values differ by more than float rounding."""
+    return max(values) - min(values) > 1e-9 * max(1.0, max(abs(v) for v in values))
+
+
 def compare(on: Group, off: Group, column, metric: str) -> Pair:
     """The gain of ``on`` over ``off``, its pooled std and the test over seeds."""
     a, b = _by_seed(off, metric), _by_seed(on, metric)
@@ -76,12 +85,15 @@ def compare(on: Group, off: Group, column, metric: str) -> Pair:
         spread = sum((len(v) - 1) * statistics.variance(v.values()) for v in (a, b) if len(v) > 1)
         pooled = math.sqrt(spread / (len(a) + len(b) - 2))
     common = sorted(set(a) & set(b), key=str)
+    differences = [b[s] - a[s] for s in common]
     test, p = "", None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # identical samples: scipy warns, p is nan
-        if len(common) >= 2:
-            test, p = f"paired t (n={len(common)})", stats.ttest_rel([b[s] for s in common], [a[s] for s in common]).pvalue
-        elif len(a) >= 2 and len(b) >= 2:
+        if len(common) >= MIN_PAIRS:
+            if _spread(differences):
+                test = f"paired t (n={len(common)})"
+                p = stats.ttest_rel([b[s] for s in common], [a[s] for s in common]).pvalue
+        elif len(a) >= 2 and len(b) >= 2 and (_spread(list(a.values())) or _spread(list(b.values()))):
             test, p = "Welch t", stats.ttest_ind(list(b.values()), list(a.values()), equal_var=False).pvalue
     p = float(p) if p is not None and math.isfinite(p) else None
     return Pair(on=on, off=off, column=column, metric=metric, gain=gain, pooled_std=pooled, test=test if p is not None else "", p=p)
@@ -148,7 +160,8 @@ def render_paired(table: Table, pairs: list[Pair]) -> str:
     tested = sum(pair.p is not None for pair in pairs)
     caption = (f"gain: +HAM cell mean minus the method's cell mean (points). gain / pooled std is an effect "
                "size (Cohen's d over the two cells' seeds), not a test. p: two-sided paired t-test over the seeds "
-               "both cells completed (Welch's t-test where fewer than 2 seeds pair). p (Holm): Holm's correction "
+               f"both cells completed (Welch's t-test where fewer than {MIN_PAIRS} seeds pair; none where the "
+               "values have no spread). p (Holm): Holm's correction "
                f"over the {tested} tested cells of this table; significant: p (Holm) < {ALPHA:g}.")
     if table.paper:
         caption += " paper's gain: the published +HAM row minus the published method row, same column."

@@ -221,7 +221,7 @@ def ham_gain_figure(runs: list[Run], metric: str = "final_test_acc"):
 
 
 def make_plots(paths: list[Path], out: Path, sparsity: float = 0.9, log_scale: bool = False,
-               metric: str = "final_test_acc", from_csv: Path | None = None) -> list[Path]:
+               metric: str = "final_test_acc", from_csv: list[Path] | None = None) -> list[Path]:
     """Draw every figure first, then write the PNG files; ``from_csv``: the runs of a runs.csv
     (no per-epoch metrics there, so no sign-flip figure)."""
     runs, _source = load_runs(paths, from_csv)

@@ -11,6 +11,7 @@ at ...") must come from the runs, not from a hand count. ``readings`` collects, 
 - ``paired``: per +HAM cell (``ham_bench.analysis.paired``) the gain, pooled std, effect size,
   test, p and Holm-adjusted p, the paper's gain, and the change of sign flips in percent (over the
   run, and per epoch where the run dirs are at hand), with a summary over the table;
+- ``variants``: per method and column, +Sign-In - method, +HAM - method and +HAM - +Sign-In;
 - ``rank``: per column, the rows ordered by mean, best first.
 
 Numbers keep 6 significant digits.
@@ -93,6 +94,24 @@ def _summary(pairs: list[dict]) -> dict:
             "sign_flips_change_percent": spread(changes)}
 
 
+def variant_differences(table: Table) -> list[dict]:
+    """Per method and column, the differences of the cell means of its variants (+Sign-In, +HAM) in points."""
+    out = []
+    for label in table.rows:
+        if "+" in label or "[" in label or table.families.get(label) == "Dense":
+            continue
+        for column in table.columns:
+            means = {suffix: mean_std(g.values(table.metric))[0] if (g := table.cells.get((label + suffix, column)))
+                     else None for suffix in ("", "+Sign-In", "+HAM")}
+            if means[""] is None or (means["+Sign-In"] is None and means["+HAM"] is None):
+                continue
+            diff = {f"{a or 'method'} - {b or 'method'}": _r(means[a] - means[b])
+                    for a, b in (("+Sign-In", ""), ("+HAM", ""), ("+HAM", "+Sign-In"))
+                    if means[a] is not None and means[b] is not None}
+            out.append({"method": label, "column": column_name(table, column), **diff})
+    return out
+
+
 def table_readings(table: Table) -> dict:
     groups = [g for g in table.groups if g.used]
     stds = [s for s in (mean_std(g.values(table.metric))[1] for g in groups) if s is not None]
@@ -103,12 +122,18 @@ def table_readings(table: Table) -> dict:
         cells = [(mean_std(g.values(table.metric))[0], g.label) for g in groups if column_of(table, g.first) == column]
         ranks[column_name(table, column)] = [label for mean, label in sorted(cells, key=lambda c: -c[0])
                                              if mean is not None]
+    variants = variant_differences(table)
+    diffs = {key: [v[key] for v in variants if key in v]
+             for key in ("+Sign-In - method", "+HAM - method", "+HAM - +Sign-In")}
     return {"metric": table.metric, "eval_split": table.eval_split, "runs": sum(len(g.runs) for g in table.groups),
             "cells": len(groups), "seeds_per_cell": spread([len(g.used) for g in groups]),
             "seed_std": {**(spread(stds) or {}), "cells": len(stds)},
             "seconds_per_run": {**(spread(seconds) or {}), "sum": _r(sum(seconds))},
             "cells_detail": [_cell(table, g) for g in groups], "paired": pairs,
-            "paired_summary": _summary(pairs), "rank": ranks}
+            "paired_summary": _summary(pairs), "variants": variants,
+            "variants_summary": {key: {**(spread(values) or {}), "cells": len(values),
+                                       "at_least_zero": sum(v >= 0 for v in values)} for key, values in diffs.items()},
+            "rank": ranks}
 
 
 def readings(source: str, runs: list[Run], tables: list[Table]) -> dict:

@@ -109,10 +109,12 @@ def refuse_ambiguous(groups, path: Path) -> None:
                              "column and seed and nothing in runs.csv tells them apart; rebuild from the run dirs")
 
 
-def load_runs(paths: list[Path], from_csv: Path | None = None) -> tuple[list[Run], str]:
-    """The runs under ``paths``, or those of a runs.csv; and where they came from, for the headers."""
-    if from_csv is not None:
-        return load_runs_csv(from_csv), f"{from_csv} (rebuilt from runs.csv)"
+def load_runs(paths: list[Path], from_csv: Path | list[Path] | None = None) -> tuple[list[Run], str]:
+    """The runs under ``paths``, or those of one or more runs.csv files; and where they came from."""
+    if from_csv:
+        files = [from_csv] if isinstance(from_csv, (str, Path)) else list(from_csv)
+        runs = [run for path in files for run in load_runs_csv(path)]
+        return runs, f"{', '.join(map(str, files))} (rebuilt from runs.csv)"
     runs = collect_runs(paths)
     if not runs:
         raise SystemExit(f"error: no run dirs (summary.json / .hydra/config.yaml) under {', '.join(map(str, paths))}")

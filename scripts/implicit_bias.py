@@ -3,8 +3,9 @@
     PYTHONPATH=. python scripts/implicit_bias.py                      # the committed experiment
     PYTHONPATH=. python scripts/implicit_bias.py --small --out /tmp/ib  # reduced size (the tests)
 
-Writes ``table.md``, ``runs.csv``, ``summary.csv``, ``flow_limits.csv`` and ``implicit_bias.png``
-into ``--out``. The problem, the methods, the step size and the metrics:
+Writes ``table.md``, ``runs.csv``, ``summary.csv``, ``flow_limits.csv``, ``readings.json`` (the
+figures the README quotes beyond the tables) and ``implicit_bias.png`` into ``--out``;
+``--readings-only`` rebuilds summary.csv and readings.json from an existing runs.csv. The problem, the methods, the step size and the metrics:
 ``ham_bench.analysis.implicit_bias``.
 """
 
@@ -20,8 +21,8 @@ import torch
 from ham_bench.analysis.implicit_bias.experiment import flow_limit_rows, run_experiment
 from ham_bench.analysis.implicit_bias.plot import write_plot
 from ham_bench.analysis.implicit_bias.problem import make_problem
-from ham_bench.analysis.implicit_bias.report import aggregate, render, write_csv
-from ham_bench.atomic_io import READABLE, write_text
+from ham_bench.analysis.implicit_bias.report import aggregate, read_csv, readings, render, write_csv
+from ham_bench.atomic_io import READABLE, write_json, write_text
 
 SMALL = dict(n=15, d=40, k=2, seeds=[2, 3], alphas=[0, 10, 100], mw_gammas=[1e-6, 1.0], c=1.0, tol=1e-5,
              max_steps=50_000, pred_alphas=[0, 100], pred_mw_gammas=[1e-6], pred_init_scales=[1e-3])
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="results/implicit_bias", help="output directory")
     p.add_argument("--small", action="store_true", help="reduced size for tests; explicit flags still win: " + str(SMALL))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--readings-only", action="store_true",
+                   help="no training: rebuild summary.csv and readings.json from --out's runs.csv")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--small" in argv:
         p.set_defaults(**SMALL)
@@ -57,10 +60,23 @@ def parse_args(argv=None):
     return args, argv
 
 
+def reaggregate(out: Path) -> int:
+    try:
+        rows = read_csv(out / "runs.csv")
+    except OSError as error:
+        raise SystemExit(f"error: --readings-only: {out / 'runs.csv'}: {error.strerror}")
+    aggs = aggregate(rows)
+    write_csv(out / "summary.csv", aggs)
+    write_json(out / "readings.json", readings(rows, aggs), READABLE)
+    return 0
+
+
 def main(argv=None) -> int:
     args, argv = parse_args(argv)
-    torch.set_num_threads(1)
     out = Path(args.out)
+    if args.readings_only:
+        return reaggregate(out)
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows, traces = run_experiment(args)
     flow_rows = flow_limit_rows(args)
@@ -70,6 +86,7 @@ def main(argv=None) -> int:
     write_csv(out / "runs.csv", rows)
     write_csv(out / "summary.csv", aggs)
     write_csv(out / "flow_limits.csv", flow_aggs)
+    write_json(out / "readings.json", readings(rows, aggs), READABLE)
     text = render(args, argv, rows, aggs, flow_aggs, wall)
     write_text(out / "table.md", text, READABLE)
     if not args.no_plot:

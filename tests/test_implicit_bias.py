@@ -1,6 +1,7 @@
 """scripts/implicit_bias.py at reduced size: the properties the experiment relies on."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -34,11 +35,31 @@ def _num(v):
 
 def test_outputs_written(run):
     out, summary, _ = run
-    for name in ("table.md", "runs.csv", "summary.csv", "flow_limits.csv", "implicit_bias.png"):
+    for name in ("table.md", "runs.csv", "summary.csv", "flow_limits.csv", "readings.json", "implicit_bias.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "table.md").read_text()
     assert "Command: `PYTHONPATH=. python scripts/implicit_bias.py --small" in table and "Wall time:" in table
     assert {"gd_zero", "gd", "mw_gamma=1e-06", "mw_gamma=1", "ham_a=0", "ham_a=10", "ham_a=100"} <= set(summary)
+
+
+def test_readings_are_the_runs_extremes_and_rebuild_from_runs_csv(run, tmp_path):
+    out, _, runs = run
+    numbers = json.loads((out / "readings.json").read_text())
+    trained = [r for r in runs if r["kind"] != "ref"]
+    worst = max(trained, key=lambda r: r["dist_pred"])
+    assert numbers["dist_to_own_flow_limit"]["max_single_run"] == {
+        "value": pytest.approx(worst["dist_pred"], rel=1e-5), "method": worst["method"], "seed": int(worst["seed"])}
+    assert numbers["runs"] == len(trained) and numbers["all_converged"] is True
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "runs.csv").write_bytes((out / "runs.csv").read_bytes())
+    result = run_script("implicit_bias", "--readings-only", "--out", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert (copy / "summary.csv").read_bytes() == (out / "summary.csv").read_bytes()
+    assert json.loads((copy / "readings.json").read_text()) == numbers
+    missing = run_script("implicit_bias", "--readings-only", "--out", str(tmp_path / "none"))
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: --readings-only: {tmp_path / 'none' / 'runs.csv'}: No such file or directory"]
 
 
 def test_every_method_interpolates(run):

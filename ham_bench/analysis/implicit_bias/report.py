@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 
+from ham_bench.analysis.runs_csv import value
 from ham_bench.atomic_io import write_csv as write_csv_rows
 
 
@@ -128,3 +131,28 @@ def render(args, argv: list[str], rows: list[dict], aggs: list[dict], flow_aggs:
         text += [f"theta0 ~ {scale:g} * N(0, 1):\n",
                  _table([f for f in flow_aggs if f["init_scale"] == scale], FLOW_COLS)]
     return "\n".join(text)
+
+
+def readings(rows: list[dict], aggs: list[dict]) -> dict:
+    """readings.json: the figures results/implicit_bias/README.md quotes beyond table.md's cells."""
+    trained = [r for r in rows if r["kind"] != "ref"]
+    means = [a for a in aggs if not a["method"].startswith("ref:")]
+
+    def worst(items: list[dict], key: str) -> dict:
+        top = max(items, key=lambda item: item[key])
+        return {"value": float(f"{top[key]:.6g}"), "method": top["method"], **({"seed": top["seed"]} if "seed" in top
+                                                                              else {})}
+
+    return {"generated_by": "scripts/implicit_bias.py", "runs": len(trained),
+            "all_converged": all(r["converged"] == 1.0 for r in trained),
+            "train_mse_max": worst(trained, "mse"),
+            "dist_to_own_flow_limit": {"max_single_run": worst(trained, "dist_pred"),
+                                       "max_of_seed_means": worst(means, "dist_pred"),
+                                       "max_single_run_ham": worst([r for r in trained if r["kind"] == "ham"],
+                                                                   "dist_pred")}}
+
+
+def read_csv(path) -> list[dict]:
+    """A CSV that ``write_csv`` wrote, with its numbers as numbers (blank cells dropped)."""
+    with open(path, newline="") as handle:
+        return [{k: value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]

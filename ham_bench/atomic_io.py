@@ -74,6 +74,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_jsonl_or_exit(path: Path) -> list[dict]:
+    """``read_jsonl`` for a command line: a line that is not JSON ends the program with one line."""
+    try:
+        return read_jsonl(path)
+    except ValueError as error:
+        raise SystemExit(f"error: {path}: not a JSON-lines file ({error})") from None
+
+
 def torch_save(path: Path, obj: Any) -> None:
     import torch
 

@@ -327,6 +327,16 @@ def test_paper_numbers_match_the_docs():
     assert f"HAM - baseline: {plain} (100 / 200 epochs), with SAM {sam}" in " ".join(text.split())
 
 
+def test_an_unreadable_run_config_is_one_clear_line(sweep, tmp_path):
+    broken = tmp_path / "sweep" / "0"
+    shutil.copytree(sweep[0] / "0_random", broken)
+    (broken / ".hydra" / "config.yaml").write_text("sparsifier: [unclosed\n")
+    result = run_script("make_tables", str(tmp_path / "sweep"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {broken / '.hydra' / 'config.yaml'}: not a readable run config (")
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_runs_is_a_clear_error(tmp_path):
     result = run_script("make_tables", str(tmp_path))
     assert result.returncode != 0 and "no run dirs" in result.stderr

@@ -4,13 +4,16 @@ The runs are copies of one real run (tests/sweep_fixtures.py) relabelled as base
 and +HAM with known sign-flip counts, at three sparsities, plus a failed run that must be left out.
 """
 
+import shutil
+
 import matplotlib.image
+import matplotlib.pyplot as plt
 import pytest
 
 from ham_bench.analysis import plots
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.runs import collect_runs
-from ham_bench.atomic_io import read_jsonl
+from ham_bench.atomic_io import read_jsonl, savefig
 from sweep_fixtures import BASE_FLIPS, PLUGIN, make_variant, plot_sweep, real_run_dir, run_script
 
 
@@ -104,3 +107,22 @@ def test_plots_from_a_runs_csv(sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["accuracy_vs_sparsity.png", "ham_gain.png"]
     assert "sign_flips.png: not drawn, runs.csv has no per-epoch sign flips" in result.stderr
+
+
+def test_a_broken_metrics_file_is_one_clear_line_and_nothing_is_written(sweep, tmp_path):
+    broken = tmp_path / "sweep"
+    shutil.copytree(sweep / "random_0.9_0", broken / "random_0.9_0")
+    with open(broken / "random_0.9_0" / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "sign_flips": \n')
+    result = run_script("plot_sign_flips", str(broken), "--out", str(tmp_path / "png"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: {broken / 'random_0.9_0' / 'metrics.jsonl'}: not a JSON-lines file")
+    assert not (tmp_path / "png").exists()
+
+
+def test_a_figure_that_fails_to_render_leaves_no_file(tmp_path):
+    figure = plt.figure()
+    with pytest.raises(ValueError, match="not supported"):
+        savefig(tmp_path / "figure.notaformat", figure)
+    plt.close(figure)
+    assert list(tmp_path.iterdir()) == []

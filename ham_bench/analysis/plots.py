@@ -44,7 +44,7 @@ from ham_bench.analysis.labels import METHOD_LABELS, base_order, variant_order  
 from ham_bench.analysis.paired import pairs_of  # noqa: E402
 from ham_bench.analysis.runs import Run, group_runs, mean_std  # noqa: E402
 from ham_bench.analysis.runs_csv import load_runs  # noqa: E402
-from ham_bench.atomic_io import read_jsonl, savefig  # noqa: E402
+from ham_bench.atomic_io import read_jsonl_or_exit, savefig  # noqa: E402
 
 VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
     (False, False): ("", "tab:blue", "-"),
@@ -111,7 +111,7 @@ def sign_flips_figure(runs: list[Run], sparsity: float, log_scale: bool = False)
         series: dict[tuple, list[list[dict]]] = defaultdict(list)
         for run in chosen:
             if run.base == base:
-                series[(run.signin, run.ham != "off")].append(read_jsonl(run.path / "metrics.jsonl"))
+                series[(run.signin, run.ham != "off")].append(read_jsonl_or_exit(run.path / "metrics.jsonl"))
         for variant, rows_per_seed in sorted(series.items(), key=lambda item: variant_order(*item[0])):
             suffix, colour, style = VARIANT_STYLES[variant]
             name = ("baseline" if not variant[1] else "HAM") if base == "dense" else _base_label(base) + suffix

@@ -26,7 +26,7 @@ from collections import defaultdict
 from ham_bench.analysis.paired import ALPHA, Pair, ham_pairs
 from ham_bench.analysis.runs import Group, Run, mean_std
 from ham_bench.analysis.tables import Table, column_name, column_of
-from ham_bench.atomic_io import read_jsonl
+from ham_bench.atomic_io import read_jsonl_or_exit
 
 
 def _r(value):
@@ -46,7 +46,7 @@ def _per_epoch(group: Group) -> list[float] | None:
     """Mean sign flips of each epoch over the group's seeds, from metrics.jsonl (None without run dirs)."""
     by_epoch: dict[int, list[float]] = defaultdict(list)
     for run in group.used:
-        for row in read_jsonl(run.path / "metrics.jsonl") if run.path.is_dir() else []:
+        for row in read_jsonl_or_exit(run.path / "metrics.jsonl") if run.path.is_dir() else []:
             if isinstance(row.get("sign_flips"), (int, float)):
                 by_epoch[int(row["epoch"])].append(float(row["sign_flips"]))
     if not by_epoch or any(len(v) != len(group.used) for v in by_epoch.values()):

@@ -95,9 +95,15 @@ def _load_config(run_dir: Path) -> dict:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         return {}
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # not YAML, or not a mapping: say which file, in one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"error: {path}: not a readable run config ({reason})") from None
+    if not isinstance(cfg, DictConfig):
+        raise SystemExit(f"error: {path}: not a readable run config (not a mapping)")
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that no longer resolves: keep it unresolved

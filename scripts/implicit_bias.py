@@ -5,7 +5,8 @@
 
 Writes ``table.md``, ``runs.csv``, ``summary.csv``, ``flow_limits.csv``, ``readings.json`` (the
 figures the README quotes beyond the tables) and ``implicit_bias.png`` into ``--out``;
-``--readings-only`` rebuilds summary.csv and readings.json from an existing runs.csv. The problem, the methods, the step size and the metrics:
+``--readings-only`` rebuilds summary.csv and readings.json from an existing runs.csv. The problem,
+the methods, the step size and the metrics:
 ``ham_bench.analysis.implicit_bias``.
 """
 

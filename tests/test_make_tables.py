@@ -23,7 +23,8 @@ from ham_bench.analysis.paired import ham_pairs, holm
 from ham_bench.analysis.paper import format_paper
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.tables import build_tables, format_cell
-from sweep_fixtures import PLUGIN, REPO, RANDOM, RANDOM_HAM, SIGNIN, hydra_dirname, make_variant, real_run_dir, run_script, tables_sweep
+from sweep_fixtures import (PLUGIN, RANDOM, RANDOM_HAM, REPO, SIGNIN, hydra_dirname, make_variant, real_run_dir,
+                            run_script, tables_sweep)
 
 
 @pytest.fixture(scope="module")

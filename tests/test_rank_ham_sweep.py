@@ -1,4 +1,5 @@
-"""The ranking (ham_bench.analysis.ranking, scripts/rank_ham_sweep.py): the HAM alpha/beta choice on a synthetic validation sweep made of a real run."""
+"""The ranking (ham_bench.analysis.ranking, scripts/rank_ham_sweep.py): the HAM alpha/beta choice on a
+synthetic validation sweep made of a real run."""
 
 from __future__ import annotations
 

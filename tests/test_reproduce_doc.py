@@ -20,7 +20,6 @@ import subprocess
 import sys
 from collections import defaultdict
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 

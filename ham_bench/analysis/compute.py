@@ -32,7 +32,8 @@ from pathlib import Path
 
 IMAGES_PER_SECOND = {"resnet50": {"fp32": 938.0, "bf16": 2470.0}}
 FLOPS_RATIO_RESNET18_CIFAR = 7.36
-IMAGES_PER_SECOND["resnet18_cifar"] = {k: v * FLOPS_RATIO_RESNET18_CIFAR for k, v in IMAGES_PER_SECOND["resnet50"].items()}
+IMAGES_PER_SECOND["resnet18_cifar"] = {precision: rate * FLOPS_RATIO_RESNET18_CIFAR
+                                       for precision, rate in IMAGES_PER_SECOND["resnet50"].items()}
 TRAIN_IMAGES = {"imagenet": 1_281_167, "cifar100": 50_000, "fashion_mnist": 60_000}
 PLACEHOLDER = re.compile(r"<[^>]+>")
 

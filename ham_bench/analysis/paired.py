@@ -96,7 +96,8 @@ def compare(on: Group, off: Group, column, metric: str) -> Pair:
         elif len(a) >= 2 and len(b) >= 2 and (_spread(list(a.values())) or _spread(list(b.values()))):
             test, p = "Welch t", stats.ttest_ind(list(b.values()), list(a.values()), equal_var=False).pvalue
     p = float(p) if p is not None and math.isfinite(p) else None
-    return Pair(on=on, off=off, column=column, metric=metric, gain=gain, pooled_std=pooled, test=test if p is not None else "", p=p)
+    return Pair(on=on, off=off, column=column, metric=metric, gain=gain, pooled_std=pooled,
+                test=test if p is not None else "", p=p)
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -67,6 +67,12 @@ def _base_label(base: str) -> str:
     return "dense" if base == "dense" else METHOD_LABELS.get(base, base)
 
 
+def _finish_panel(ax, title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("target sparsity")
+    ax.legend(fontsize=8)
+
+
 def _bases(runs: list[Run]) -> list[str]:
     present = {run.base for run in runs}
     return sorted(present, key=base_order)
@@ -168,9 +174,7 @@ def accuracy_figure(runs: list[Run], metric: str = "final_test_acc"):
             if mean is not None:
                 ax.axhline(mean, color="grey", linestyle=":" if ham_on else "-", linewidth=1,
                            label="dense + HAM" if ham_on else "dense")
-        ax.set_title(_base_label(base))
-        ax.set_xlabel("target sparsity")
-        ax.legend(fontsize=8)
+        _finish_panel(ax, _base_label(base))
     axes[0][0].set_ylabel(f"{split} top-1 accuracy (%)")
     figure.suptitle(f"{metric_name(metric, split).capitalize()} vs target sparsity\n(mean ± std over seeds)",
                     fontsize=11)
@@ -210,9 +214,7 @@ def ham_gain_figure(runs: list[Run], metric: str = "final_test_acc"):
         ax.axhline(0.0, color="black", linewidth=0.8)
         if len(dense) == 1:
             ax.axhline(dense[0], color="grey", linestyle=":", linewidth=1, label="dense: HAM - baseline")
-        ax.set_title(_base_label(base))
-        ax.set_xlabel("target sparsity")
-        ax.legend(fontsize=8)
+        _finish_panel(ax, _base_label(base))
     axes[0][0].set_ylabel(f"+HAM - method ({split} accuracy, points)")
     figure.suptitle(f"What HAM adds: {metric_name(metric, split)}, +HAM minus the method alone\n"
                     "(difference of seed means; bars: ± standard error of the difference)", fontsize=11)

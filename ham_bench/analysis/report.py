@@ -99,7 +99,8 @@ def runs_csv_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 
 def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | None = None,
-                metric: str = "final_test_acc", from_csv: Path | None = None, extra_readings: dict | None = None) -> str:
+                metric: str = "final_test_acc", from_csv: Path | None = None,
+                extra_readings: dict | None = None) -> str:
     """Aggregate the runs under ``paths`` (or of ``from_csv``); returns the markdown and, with ``out``,
     writes the files. Everything is computed before the first file is written."""
     runs, source = load_runs(paths, from_csv)

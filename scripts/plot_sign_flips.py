@@ -4,197 +4,35 @@
     scripts/plot_sign_flips.py multirun/fmnist_sparse --out results/fmnist_sparse
     scripts/plot_sign_flips.py SWEEP [SWEEP ...] --sparsity 0.9 --out DIR [--log]
 
-Writes two PNG files into ``--out``:
-
-- ``sign_flips.png`` (the HAM paper's Fig. 2a analogue): for each base method
-  in the sweep (Random, AC/DC, RiGL, ...; and the dense baseline when present)
-  at target sparsity ``--sparsity``, the sign flips per epoch (``sign_flips``
-  in metrics.jsonl: flips between consecutive steps, summed over the epoch)
-  of the method alone, +Sign-In and +HAM (+Sign-In+HAM when run), and in a
-  second row the fraction of weights whose sign differs from initialization
-  (``sign_differs_from_init``). Lines are the mean over seeds; the band spans
-  the seeds' minimum to maximum.
-- ``accuracy_vs_sparsity.png``: for each base method, final accuracy (mean ±
-  std over seeds, from summary.json) against target sparsity, alone, +HAM
-  and +Sign-In; the dense baseline and dense HAM as horizontal lines. Both
-  figures use one training setting: the optimizer and run length most of the
-  sparse runs have (a dense sweep's SAM and 2x-length runs are left out).
-
-Runs are found and labelled by ``ham_bench.sweep_runs``, as in ``make_tables.py``; only completed runs are
-plotted, and the runs left out are named on stderr.
+Writes ``sign_flips.png``, ``accuracy_vs_sparsity.png`` and ``ham_gain.png`` (+HAM minus the
+method, on its own axis) into ``--out``; what each shows:
+``ham_bench.analysis.plots``. Only completed runs are plotted; the others are named on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter, defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ham_bench.atomic_io import read_jsonl  # noqa: E402
-from ham_bench.sweep_runs import (METHOD_LABELS, Run, base_order, collect_runs, group_runs, mean_std,  # noqa: E402
-                                  variant_order)
-
-VARIANT_STYLES = {  # (signin, ham on) -> label suffix, colour, line style
-    (False, False): ("", "tab:blue", "-"),
-    (True, False): ("+Sign-In", "tab:orange", "--"),
-    (False, True): ("+HAM", "tab:green", "-"),
-    (True, True): ("+Sign-In+HAM", "tab:red", ":"),
-}
-PANEL_WIDTH, MIN_WIDTH = 4.2, 6.5  # inches
-
-
-def _base_label(base: str) -> str:
-    return "dense" if base == "dense" else METHOD_LABELS.get(base, base)
-
-
-def _bases(runs: list[Run]) -> list[str]:
-    present = {run.base for run in runs}
-    return sorted(present, key=base_order)
-
-
-def _one_setting(runs: list[Run]) -> list[Run]:
-    """The runs of ONE training setting: the (optimizer, epochs) most sparse runs have.
-
-    Dense sweeps also hold SAM and 2x-length runs; averaged into one line or one reference
-    level they would mix different trainings.
-    """
-    settings = Counter((r.optimizer, r.epochs) for r in runs if r.base != "dense") or \
-        Counter((r.optimizer, r.epochs) for r in runs)
-    if not settings:
-        return runs
-    best = max(settings, key=lambda s: (settings[s], s[0] == "sgd", -(s[1] or 0)))
-    return [r for r in runs if (r.optimizer, r.epochs) == best]
-
-
-def _per_epoch(rows_per_seed: list[list[dict]], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
-    values: dict[int, list[float]] = defaultdict(list)
-    for rows in rows_per_seed:
-        for row in rows:
-            if isinstance(row.get(key), (int, float)):
-                values[int(row["epoch"])].append(float(row[key]))
-    epochs = sorted(values)
-    return (epochs, [sum(values[e]) / len(values[e]) for e in epochs], [min(values[e]) for e in epochs],
-            [max(values[e]) for e in epochs])
-
-
-def plot_sign_flips(runs: list[Run], out: Path, sparsity: float, log_scale: bool = False) -> Path | None:
-    """Sign flips per epoch (top) and sign differs from init (bottom), one column per base method."""
-    chosen = [r for r in runs if r.status == "completed" and (r.base == "dense" or abs(r.sparsity - sparsity) < 1e-9)]
-    chosen = _one_setting(chosen)
-    bases = _bases(chosen)
-    if not bases:
-        print(f"sign_flips.png: no completed runs at sparsity {sparsity:g}", file=sys.stderr)
-        return None
-    figure, axes = plt.subplots(2, len(bases), figsize=(max(MIN_WIDTH, PANEL_WIDTH * len(bases)), 6.4),
-                                squeeze=False, sharex="col")
-    for column, base in enumerate(bases):
-        series: dict[tuple, list[list[dict]]] = defaultdict(list)
-        for run in chosen:
-            if run.base == base:
-                series[(run.signin, run.ham != "off")].append(read_jsonl(run.path / "metrics.jsonl"))
-        for variant, rows_per_seed in sorted(series.items(), key=lambda item: variant_order(*item[0])):
-            suffix, colour, style = VARIANT_STYLES[variant]
-            name = ("baseline" if not variant[1] else "HAM") if base == "dense" else _base_label(base) + suffix
-            for row_index, key in enumerate(("sign_flips", "sign_differs_from_init")):
-                epochs, mean, low, high = _per_epoch(rows_per_seed, key)
-                if not epochs:
-                    continue
-                ax = axes[row_index][column]
-                ax.plot(epochs, mean, style, color=colour, marker="o", markersize=3,
-                        label=f"{name} (n={len(rows_per_seed)})")
-                if len(rows_per_seed) > 1:
-                    ax.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
-        title = "dense" if base == "dense" else f"{_base_label(base)}, s = {sparsity:g}"
-        axes[0][column].set_title(title)
-        axes[0][column].legend(fontsize=8)
-        axes[1][column].set_xlabel("epoch")
-        axes[1][column].xaxis.set_major_locator(MaxNLocator(integer=True))
-        if log_scale:
-            axes[0][column].set_yscale("log")
-    axes[0][0].set_ylabel("sign flips per epoch")
-    axes[1][0].set_ylabel("fraction with sign != initial")
-    figure.suptitle("Sign flips during training\n(mean over seeds; band: min to max)", fontsize=11)
-    figure.tight_layout()
-    path = out / "sign_flips.png"
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    return path
-
-
-def plot_accuracy_vs_sparsity(runs: list[Run], out: Path, metric: str = "final_test_acc") -> Path | None:
-    """Accuracy against target sparsity per base method: alone, +HAM, +Sign-In; dense as lines."""
-    groups = [g for g in group_runs(_one_setting(runs)) if g.used]
-    sparse_bases = [b for b in _bases([g.first for g in groups]) if b != "dense"]
-    if not sparse_bases:
-        print("accuracy_vs_sparsity.png: no completed sparse runs", file=sys.stderr)
-        return None
-    dense = {g.first.ham != "off": mean_std(g.values(metric)) for g in groups if g.first.base == "dense"}
-    figure, axes = plt.subplots(1, len(sparse_bases), figsize=(max(MIN_WIDTH, PANEL_WIDTH * len(sparse_bases)), 4.0),
-                                squeeze=False, sharey=True)
-    split = next((g.first.eval_split for g in groups), "test")
-    for column, base in enumerate(sparse_bases):
-        ax = axes[0][column]
-        lines: dict[tuple, list[tuple[float, float, float]]] = defaultdict(list)
-        for group in groups:
-            run = group.first
-            if run.base != base:
-                continue
-            mean, std = mean_std(group.values(metric))
-            if mean is not None:
-                lines[(run.signin, run.ham != "off")].append((run.sparsity, mean, std or 0.0))
-        for variant, points in sorted(lines.items(), key=lambda item: variant_order(*item[0])):
-            points.sort()
-            suffix, colour, style = VARIANT_STYLES[variant]
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt=style,
-                        color=colour, marker="o", markersize=4, capsize=3, label=_base_label(base) + suffix)
-        for ham_on, (mean, _std) in sorted(dense.items()):
-            if mean is not None:
-                ax.axhline(mean, color="grey", linestyle=":" if ham_on else "-", linewidth=1,
-                           label="dense + HAM" if ham_on else "dense")
-        ax.set_title(_base_label(base))
-        ax.set_xlabel("target sparsity")
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(f"{split} top-1 accuracy (%)")
-    figure.suptitle(f"{metric.replace('test', split)} vs target sparsity\n(mean ± std over seeds)", fontsize=11)
-    figure.tight_layout()
-    path = out / "accuracy_vs_sparsity.png"
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    return path
-
-
-def make_plots(paths: list[Path], out: Path, sparsity: float = 0.9, log_scale: bool = False,
-               metric: str = "final_test_acc") -> list[Path]:
-    runs = collect_runs(paths)
-    if not runs:
-        raise SystemExit(f"error: no run dirs under {', '.join(map(str, paths))}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    left_out = [r for r in runs if r.status != "completed"]
-    if left_out:
-        print(f"left out {len(left_out)} runs that did not complete: "
-              + ", ".join(f"{r.path.name} ({r.status})" for r in left_out), file=sys.stderr)
-    written = [plot_sign_flips(runs, out, sparsity, log_scale), plot_accuracy_vs_sparsity(runs, out, metric)]
-    return [path for path in written if path is not None]
+from ham_bench.analysis.plots import make_plots
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("--from-csv", type=Path, action="append", metavar="RUNS_CSV",
+                        help="the runs of a make_tables runs.csv, repeatable (no sign-flip figure: it needs "
+                             "metrics.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     parser.add_argument("--sparsity", type=float, default=0.9,
                         help="target sparsity of the sign-flip plot (the paper's Fig. 2a: Random PaI at 0.9)")
     parser.add_argument("--log", action="store_true", help="log scale for sign flips per epoch")
     parser.add_argument("--metric", default="final_test_acc", choices=["final_test_acc", "best_test_acc"])
     args = parser.parse_args(argv)
-    for path in make_plots(args.sweep_dirs, args.out, args.sparsity, args.log, args.metric):
+    if bool(args.sweep_dirs) == bool(args.from_csv):
+        parser.error("give either SWEEP_DIR ... or --from-csv RUNS_CSV")
+    for path in make_plots(args.sweep_dirs, args.out, args.sparsity, args.log, args.metric, args.from_csv):
         print(path)
     return 0
 

@@ -2,17 +2,12 @@
 """Rank HAM's (alpha, beta) pairs of a validation sweep and name the chosen pair.
 
     scripts/rank_ham_sweep.py SWEEP_DIR --out results/alpha_beta_sweep
+    scripts/rank_ham_sweep.py --from-csv results/alpha_beta_sweep/runs.csv --out results/alpha_beta_sweep
 
-Reads the runs of ``scripts/sweep_alpha.sh`` (dense and Random PaI, HAM on over an
-alpha x beta grid and HAM off, several seeds, ``dataset.eval_split=val``) and writes
-``ranking.md`` beside make_tables' tables of the same runs (``tables.md``, CSVs).
-
-The selection rule, fixed before the sweep ran: the pair with the highest
-validation accuracy after the last epoch, averaged over every run of the pair
-(both settings, all seeds); a pair with any run that did not complete
-(diverged, killed) is out. Ties go to the smaller alpha, then the smaller
-beta. A sweep that has any run evaluated on the test split is refused: the
-choice must not see the test split.
+Writes ``ranking.md`` beside make_tables' tables of the same runs (``tables.md``, CSVs,
+``readings.json`` with the ranking's figures under ``ranking``). The
+selection rule (fixed before the sweep ran) and the refusal of test-split runs:
+``ham_bench.analysis.ranking``.
 """
 
 from __future__ import annotations
@@ -21,72 +16,28 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_tables import make_tables  # noqa: E402
-
-from ham_bench.atomic_io import write_text  # noqa: E402
-from ham_bench.sweep_runs import Run, collect_runs, mean_std  # noqa: E402
-
-SETTINGS = ("dense", "random")  # the runs' base methods, one column each
-
-
-def _accuracy(runs: list[Run]) -> float | None:
-    return mean_std([run.summary["final_test_acc"] for run in runs])[0]
-
-
-def rank(runs: list[Run]) -> tuple[list[dict], float | None]:
-    """One entry per (alpha, beta), best first; entries with a failed run last, unranked. Plus HAM off's mean."""
-    if any(run.eval_split != "val" for run in runs):
-        raise SystemExit("error: the sweep has runs evaluated on the test split; the choice must use "
-                         "dataset.eval_split=val")
-    pairs: dict[tuple[float, float], list[Run]] = {}
-    for run in runs:
-        if run.ham != "off":
-            pairs.setdefault((float(run.config["ham"]["alpha"]), float(run.config["ham"]["beta"])), []).append(run)
-    entries = []
-    for (alpha, beta), members in pairs.items():
-        done = [run for run in members if run.status == "completed"]
-        entries.append({"alpha": alpha, "beta": beta, "runs": len(done), "not_completed": len(members) - len(done),
-                        "score": _accuracy(done) if len(done) == len(members) else None,
-                        **{base: _accuracy([run for run in done if run.base == base]) for base in SETTINGS}})
-    entries.sort(key=lambda e: (e["score"] is None, -(e["score"] or 0.0), e["alpha"], e["beta"]))
-    off = [run for run in runs if run.ham == "off" and run.status == "completed"]
-    return entries, _accuracy(off)
-
-
-def render(sweep: Path, entries: list[dict], off: float | None) -> str:
-    cell = lambda value: "—" if value is None else f"{value:.2f}"  # noqa: E731
-    lines = ["# HAM alpha/beta on the Fashion-MNIST validation split", "",
-             f"Sweep: {sweep}. Validation accuracy after the last epoch (%), mean over dense and Random PaI "
-             "s=0.9 and the seeds; a pair with any run that did not complete is not ranked.", "",
-             "| rank | alpha | beta | mean val acc | dense | Random s=0.9 | runs | not completed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for index, e in enumerate(entries, 1):
-        lines.append(f"| {index if e['score'] is not None else '—'} | {e['alpha']:g} | {e['beta']:g} | "
-                     f"{cell(e['score'])} | {cell(e['dense'])} | {cell(e['random'])} | {e['runs']} | "
-                     f"{e['not_completed']} |")
-    lines += ["", f"HAM off (same settings and seeds): {cell(off)} % mean val acc."]
-    if entries and entries[0]["score"] is not None:
-        lines += ["", f"Chosen: alpha = {entries[0]['alpha']:g}, beta = {entries[0]['beta']:g}. Put them into the "
-                  "`ham:` keys of configs/experiment/fmnist_dense.yaml and fmnist_sparse.yaml."]
-    else:
-        lines += ["", "No pair completed every run: nothing is chosen."]
-    return "\n".join(lines) + "\n"
+from ham_bench.analysis.ranking import rank, ranking_readings, render
+from ham_bench.analysis.report import make_tables
+from ham_bench.analysis.runs_csv import load_runs
+from ham_bench.atomic_io import READABLE, write_text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("sweep_dir", type=Path, nargs="?", metavar="SWEEP_DIR")
+    parser.add_argument("--from-csv", type=Path, metavar="RUNS_CSV", help="rank the runs of a make_tables runs.csv")
     parser.add_argument("--out", type=Path, required=True, help="write ranking.md and make_tables' files here")
     args = parser.parse_args(argv)
-    runs = collect_runs([args.sweep_dir])
-    if not runs:
-        raise SystemExit(f"error: no run dirs under {args.sweep_dir}")
+    if (args.sweep_dir is None) == (args.from_csv is None):
+        parser.error("give either SWEEP_DIR or --from-csv RUNS_CSV")
+    paths = [args.sweep_dir] if args.sweep_dir is not None else []
+    runs, source = load_runs(paths, args.from_csv)
     entries, off = rank(runs)
-    make_tables([args.sweep_dir], out=args.out)  # every group, and every run that did not complete
-    text = render(args.sweep_dir, entries, off)
-    write_text(args.out / "ranking.md", text)
+    text = render(source, entries, off)
+    # every group, and every run that did not complete; the ranking's figures go into readings.json
+    make_tables(paths, out=args.out, from_csv=args.from_csv, extra_readings={"ranking": ranking_readings(entries, off)})
+    write_text(args.out / "ranking.md", text, READABLE)
     print(text, end="")
     return 0
 

@@ -29,16 +29,14 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
+from sparsifiers import build_sparsifier
+from sparsifiers.base import TrainingContext
+from sparsifiers.distributions import active_counts
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from sparsifiers import build_sparsifier  # noqa: E402
-from sparsifiers.base import TrainingContext  # noqa: E402
-from sparsifiers.distributions import active_counts  # noqa: E402
 
 CONFIGS = ROOT / "configs"
 

@@ -1,18 +1,14 @@
 """scripts/implicit_bias.py at reduced size: the properties the experiment relies on."""
 
 import csv
-import importlib.util
-import pathlib
-import sys
+import json
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("implicit_bias", ROOT / "scripts" / "implicit_bias.py")
-ib = importlib.util.module_from_spec(spec)
-sys.modules.setdefault("implicit_bias", ib)  # dataclasses look their module up while the file runs
-spec.loader.exec_module(ib)
+from ham_bench.analysis.implicit_bias.flow import mirror_flow_limit
+from ham_bench.analysis.implicit_bias.problem import make_problem
+from sweep_fixtures import run_script
 
 # seeds 2 and 3 at the reduced size both have true-support coordinates that start with the wrong sign
 ARGS = ["--small"]
@@ -21,7 +17,8 @@ ARGS = ["--small"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("implicit_bias")
-    assert ib.main([*ARGS, "--out", str(out)]) == 0
+    result = run_script("implicit_bias", *ARGS, "--out", str(out))
+    assert result.returncode == 0, result.stderr
     with open(out / "summary.csv") as f:
         summary = {r["method"]: {k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)}
     with open(out / "runs.csv") as f:
@@ -38,11 +35,31 @@ def _num(v):
 
 def test_outputs_written(run):
     out, summary, _ = run
-    for name in ("table.md", "runs.csv", "summary.csv", "flow_limits.csv", "implicit_bias.png"):
+    for name in ("table.md", "runs.csv", "summary.csv", "flow_limits.csv", "readings.json", "implicit_bias.png"):
         assert (out / name).stat().st_size > 0, name
     table = (out / "table.md").read_text()
     assert "Command: `PYTHONPATH=. python scripts/implicit_bias.py --small" in table and "Wall time:" in table
     assert {"gd_zero", "gd", "mw_gamma=1e-06", "mw_gamma=1", "ham_a=0", "ham_a=10", "ham_a=100"} <= set(summary)
+
+
+def test_readings_are_the_runs_extremes_and_rebuild_from_runs_csv(run, tmp_path):
+    out, _, runs = run
+    numbers = json.loads((out / "readings.json").read_text())
+    trained = [r for r in runs if r["kind"] != "ref"]
+    worst = max(trained, key=lambda r: r["dist_pred"])
+    assert numbers["dist_to_own_flow_limit"]["max_single_run"] == {
+        "value": pytest.approx(worst["dist_pred"], rel=1e-5), "method": worst["method"], "seed": int(worst["seed"])}
+    assert numbers["runs"] == len(trained) and numbers["all_converged"] is True
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "runs.csv").write_bytes((out / "runs.csv").read_bytes())
+    result = run_script("implicit_bias", "--readings-only", "--out", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert (copy / "summary.csv").read_bytes() == (out / "summary.csv").read_bytes()
+    assert json.loads((copy / "readings.json").read_text()) == numbers
+    missing = run_script("implicit_bias", "--readings-only", "--out", str(tmp_path / "none"))
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"error: --readings-only: {tmp_path / 'none' / 'runs.csv'}: No such file or directory"]
 
 
 def test_every_method_interpolates(run):
@@ -56,7 +73,7 @@ def test_every_method_interpolates(run):
 def test_basis_pursuit_is_feasible_and_minimal(run):
     _, _, runs = run
     for seed in {r["seed"] for r in runs}:
-        prob = ib.make_problem(15, 40, 2, int(seed), 1e-3)
+        prob = make_problem(15, 40, 2, int(seed), 1e-3)
         assert np.linalg.norm(prob.X @ prob.theta_bp - prob.y) < 1e-8 * np.linalg.norm(prob.y)
         bp_l1 = np.abs(prob.theta_bp).sum()
         for r in runs:
@@ -106,12 +123,12 @@ def test_balanced_small_init_mw_stalls_near_zero(run):
 
 
 def test_mirror_flow_limit_matches_closed_forms():
-    prob = ib.make_problem(10, 30, 2, 0, 1e-3)
+    prob = make_problem(10, 30, 2, 0, 1e-3)
     # alpha = 0: GD from theta0 -> theta0 + pinv(X) (y - X theta0)
     expected = prob.theta0 + np.linalg.pinv(prob.X) @ (prob.y - prob.X @ prob.theta0)
-    assert np.allclose(ib.mirror_flow_limit(prob.X, prob.y, prob.theta0, "ham", 0.0), expected, atol=1e-10)
+    assert np.allclose(mirror_flow_limit(prob.X, prob.y, prob.theta0, "ham", 0.0), expected, atol=1e-10)
     for kind, param in (("ham", 1e3), ("mw", np.full(30, 1e-2))):
-        th = ib.mirror_flow_limit(prob.X, prob.y, prob.theta0, kind, param)
+        th = mirror_flow_limit(prob.X, prob.y, prob.theta0, kind, param)
         assert np.linalg.norm(prob.X @ th - prob.y) < 1e-9 * np.linalg.norm(prob.y)
 
 

@@ -1,44 +1,26 @@
-"""scripts/rank_ham_sweep.py: the HAM alpha/beta choice on a synthetic validation sweep made of a real run."""
+"""The ranking (ham_bench.analysis.ranking, scripts/rank_ham_sweep.py): the HAM alpha/beta choice on a
+synthetic validation sweep made of a real run."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from test_make_tables import load_script, make_variant, real_run_dir
 
-rank_ham_sweep = load_script("rank_ham_sweep")
-VAL = {"eval_split": "val"}
-
-
-def _make(source, root, name, overrides, seed, acc, status="completed", split=VAL):
-    return make_variant(source, root / name, [*overrides, "dataset.eval_split=val"], seed, acc, status=status,
-                        extra_summary=split)
+from ham_bench.analysis.ranking import rank
+from ham_bench.analysis.runs import collect_runs
+from sweep_fixtures import make_variant, real_run_dir, run_script, val_sweep as build_val_sweep
 
 
 @pytest.fixture(scope="module")
 def val_sweep(tmp_path_factory):
-    source = real_run_dir(tmp_path_factory)
-    root = tmp_path_factory.mktemp("ham_sweep")
-    grid = {  # (alpha, beta) -> accuracy per (setting, seed); (50, 0) has a diverged run despite its best mean
-        (5, 0.0): {("dense", 0): 90.0, ("dense", 1): 90.4, ("random", 0): 85.0, ("random", 1): 85.2},
-        (20, 1e-3): {("dense", 0): 90.6, ("dense", 1): 90.8, ("random", 0): 85.6, ("random", 1): 85.4},
-        (50, 0.0): {("dense", 0): 95.0, ("dense", 1): 95.0, ("random", 0): 95.0, ("random", 1): 10.0},
-    }
-    index = 0
-    for (alpha, beta), cells in grid.items():
-        for (setting, seed), acc in cells.items():
-            status = "failed" if acc == 10.0 else "completed"
-            _make(source, root, f"{index}", [f"sparsifier={setting}", "ham=hyp_star", f"ham.alpha={alpha}",
-                                             f"ham.beta={beta}"], seed, acc, status=status)
-            index += 1
-    for setting, seed, acc in [("dense", 0, 90.1), ("dense", 1, 89.9), ("random", 0, 84.0), ("random", 1, 84.4)]:
-        _make(source, root, f"{index}", [f"sparsifier={setting}", "ham=off"], seed, acc)
-        index += 1
-    return root
+    return build_val_sweep(real_run_dir(tmp_path_factory), tmp_path_factory.mktemp("ham_sweep"))
 
 
 def test_ranking_follows_the_rule_and_names_the_choice(val_sweep, tmp_path):
-    assert rank_ham_sweep.main([str(val_sweep), "--out", str(tmp_path)]) == 0
-    entries, off = rank_ham_sweep.rank(rank_ham_sweep.collect_runs([val_sweep]))
+    result = run_script("rank_ham_sweep", str(val_sweep), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    entries, off = rank(collect_runs([val_sweep]))
     assert [(e["alpha"], e["beta"]) for e in entries] == [(20.0, 1e-3), (5.0, 0.0), (50.0, 0.0)]
     assert entries[0]["score"] == pytest.approx(88.1) and entries[0]["dense"] == pytest.approx(90.7)
     assert entries[1]["random"] == pytest.approx(85.1)
@@ -46,6 +28,14 @@ def test_ranking_follows_the_rule_and_names_the_choice(val_sweep, tmp_path):
     assert off == pytest.approx(87.1)
     ranking = (tmp_path / "ranking.md").read_text()
     assert "Chosen: alpha = 20, beta = 0.001." in ranking
+    assert "HAM off (same settings and seeds): 87.10 % mean val acc. Ranked with the pairs it would be 3 of 3." \
+        in ranking
+    numbers = json.loads((tmp_path / "readings.json").read_text())["ranking"]
+    assert (numbers["ham_off_rank"], numbers["of"], numbers["ranked"]) == (3, 3, 2)
+    assert numbers["margin_over_runner_up"] == pytest.approx(0.45) and numbers["score_range"] == pytest.approx(0.45)
+    rebuilt = run_script("rank_ham_sweep", "--from-csv", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "csv"))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "csv" / "ranking.md").read_text().split("\n", 3)[3] == ranking.split("\n", 3)[3]
     assert "| — | 50 | 0 | — |" in ranking
     assert (tmp_path / "tables.md").exists() and (tmp_path / "runs.csv").exists()
 
@@ -55,6 +45,7 @@ def test_a_run_on_the_test_split_is_refused(val_sweep, tmp_path_factory, tmp_pat
     mixed = tmp_path / "mixed"
     make_variant(source, mixed / "test_run", ["sparsifier=dense", "ham=hyp_star"], 0, 91.0,
                  extra_summary={"eval_split": "test"})
-    with pytest.raises(SystemExit, match="test split"):
-        rank_ham_sweep.main([str(mixed), "--out", str(tmp_path / "out")])
+    result = run_script("rank_ham_sweep", str(mixed), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: the sweep has runs evaluated on the test split; the choice must use dataset.eval_split=val"]
     assert not (tmp_path / "out").exists()  # nothing written

@@ -4,14 +4,17 @@ Every directory under the given paths that holds a ``summary.json``, a
 ``.hydra/config.yaml`` or a ``metrics.jsonl`` is one run (its subfolders, e.g.
 wandb's, are not searched). A run's status is its summary's (``completed``,
 ``stopped``, ``failed``) or ``incomplete`` without a summary (still running, or
-killed). Runs are grouped by their whole resolved config except the seed and
+killed). A run's method is the name its sparsifier instance reported in
+summary.json (``rigl+signin``, a plugin's own name), so a plugin layered over a
+built-in config (``sparsifier=random +sparsifier._target_=my.Method``) is never
+taken for that built-in; without a summary, the config's ``_target_`` class path
+or name stands in (``sparsifier_name``). Runs are grouped by their whole resolved config except the seed and
 the settings that do not change results (device, workers, memory layout,
 logging, progress, resume, data paths; HAM's settings when HAM is off). Two
 completed runs of one group and seed (a sweep given twice) count once: the
 newest is used, the others are kept as duplicates.
 
-Shared by ``scripts/make_tables.py`` (the paper's tables), ``scripts/plot_sign_flips.py``
-and ``scripts/sweep_alpha.sh`` (the HAM alpha/beta ranking).
+Every table, plot and ranking of ``ham_bench.analysis`` reads its runs through this module.
 """
 
 from __future__ import annotations
@@ -24,22 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# method labels as the paper writes them; unknown (plugin) names are shown as they are
-METHOD_LABELS = {"dense": "baseline", "random": "Random", "acdc": "AC/DC", "rigl": "RiGL", "str": "STR",
-                 "pilot": "PILoT", "spred": "spred"}
-FAMILIES = {"random": "PaI", "acdc": "DtS", "rigl": "DST", "spred": "Cont.", "pilot": "Cont.", "str": "Cont."}
-OPTIMIZER_LABELS = {"sam": "SAM", "adamw": "AdamW", "sgd": "SGD"}
-BASE_ORDER = ["dense", "random", "acdc", "rigl", "spred", "pilot", "str"]  # the paper's table order
-
-
-def base_order(base: str) -> tuple:
-    """Sort key of a base method in the paper's order; unknown (plugin) methods last, by name."""
-    return (BASE_ORDER.index(base) if base in BASE_ORDER else len(BASE_ORDER), base)
-
-
-def variant_order(signin: bool, ham_on: bool) -> tuple:
-    """Sort key of a method's variants in the paper's order: alone, +Sign-In, +HAM, then +Sign-In+HAM."""
-    return signin and ham_on, ham_on, signin
+from ham_bench.analysis.labels import OPTIMIZER_LABELS, family, method_label
 
 # config keys that never change a result: left out of grouping and of row labels
 IGNORED_KEYS = ("seed", "sparsifier.seed", "sparsifier.inner.seed", "resume", "stop_after_epochs", "progress",
@@ -71,19 +59,11 @@ class Run:
     @property
     def method(self) -> str:
         """Row label in the paper's spelling: Random, Random+Sign-In, AC/DC+HAM, baseline, HAM, ..."""
-        if self.base == "dense":
-            label = "baseline" if self.ham == "off" else "HAM"
-            return label + (" (HYP)" if self.ham == "hyp" else "")
-        label = METHOD_LABELS.get(self.base, self.base)
-        if self.signin:
-            label += "+Sign-In"
-        if self.ham != "off":
-            label += "+HAM" + (" (HYP)" if self.ham == "hyp" else "")
-        return label
+        return method_label(self.base, self.signin, self.ham)
 
     @property
     def family(self) -> str:
-        return "Dense" if self.base == "dense" else FAMILIES.get(self.base, "other")
+        return family(self.base)
 
     @property
     def dense_column(self) -> str:
@@ -103,7 +83,7 @@ def _flatten(node: Any, prefix: str = "") -> dict:
     return {prefix[:-1]: node}
 
 
-def _relevant(flat: dict) -> dict:
+def relevant(flat: dict) -> dict:
     """Result-relevant keys; HAM's settings count only when HAM is on (ham=off keeps the overlay's alpha)."""
     ham_off = flat.get("ham.enabled") is False
     return {k: v for k, v in flat.items()
@@ -115,9 +95,15 @@ def _load_config(run_dir: Path) -> dict:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         return {}
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # not YAML, or not a mapping: say which file, in one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"error: {path}: not a readable run config ({reason})") from None
+    if not isinstance(cfg, DictConfig):
+        raise SystemExit(f"error: {path}: not a readable run config (not a mapping)")
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that no longer resolves: keep it unresolved
@@ -161,6 +147,23 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def sparsifier_name(instance_name: str | None, sparsifier_cfg: dict) -> tuple[str, bool]:
+    """(base method, Sign-In on top) of a run.
+
+    The name the instance reported (summary.json's ``method.sparsifier``: ``rigl``,
+    ``rigl+signin``, a plugin's own ``name``) decides. A run without a summary (killed) falls back
+    to its config: the class path when ``_target_`` is set (the config's ``name`` is then only the
+    config file the plugin was layered over), else the config's name, Sign-In's from its inner method.
+    """
+    target = sparsifier_cfg.get("_target_")
+    name = instance_name or (str(target) if target else sparsifier_cfg.get("name")) or "unknown"
+    if name == "signin":  # the config's name: Sign-In over its inner method
+        name = f"{(sparsifier_cfg.get('inner') or {}).get('name', 'random')}+signin"
+    if name.endswith("+signin"):
+        return name[:-len("+signin")], True
+    return name, False
+
+
 def load_run(run_dir: Path) -> Run:
     """One run from its summary.json and .hydra/config.yaml (either may be missing)."""
     summary = _read_json(run_dir / "summary.json")
@@ -176,9 +179,7 @@ def load_run(run_dir: Path) -> Run:
         epochs_done = summary.get("epochs", epochs_done)
     method = summary.get("method", {})
     sparsifier = config.get("sparsifier") or {}
-    name = sparsifier.get("name") or method.get("sparsifier") or "unknown"
-    signin = name == "signin"
-    base = (sparsifier.get("inner") or {}).get("name", "random") if signin else name
+    base, signin = sparsifier_name(method.get("sparsifier"), sparsifier)
     ham_cfg = config.get("ham") or {}
     if ham_cfg:
         ham = ham_cfg.get("variant", "hyp_star") if ham_cfg.get("enabled") else "off"
@@ -187,11 +188,11 @@ def load_run(run_dir: Path) -> Run:
     sparsity = summary.get("target_sparsity")
     if sparsity is None:
         sparsity = sparsifier.get("sparsity", (sparsifier.get("inner") or {}).get("sparsity", 0.0))
-    flat = _relevant(_flatten(config)) if config else _relevant(_flatten({"method": method}))
+    flat = relevant(_flatten(config)) if config else relevant(_flatten({"method": method}))
     seed = config.get("seed", method.get("seed"))
     eval_split = summary.get("eval_split") or (config.get("dataset") or {}).get("eval_split") or "test"
     return Run(path=run_dir, status=status, summary=summary, config=config, flat=flat, seed=seed,
-               base=base if base != "unknown" else name, signin=signin, ham=ham,
+               base=base, signin=signin, ham=ham,
                optimizer=(config.get("optimizer") or {}).get("name") or method.get("optimizer", "?"),
                epochs=config.get("epochs", summary.get("epochs_planned")), sparsity=float(sparsity or 0.0),
                eval_split=eval_split, mtime=mtime, epochs_done=epochs_done, note=note)

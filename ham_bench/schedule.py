@@ -27,8 +27,10 @@ def schedule_settings(cfg: Mapping, epochs: int) -> dict:
     if unknown:
         raise ConfigError(f"schedule.{unknown[0]} is not a setting of schedule={name}; allowed: "
                           f"{', '.join(SCHEDULE_KEYS[name])}")
-    settings = {"name": name, "warmup_epochs": number("warmup_epochs", cfg.get("warmup_epochs", 0), low=0.0,
-                                                      high=epochs, high_open=True, where="schedule")}
+    warmup = number("warmup_epochs", cfg.get("warmup_epochs", 0), low=0.0, where="schedule")
+    if warmup >= epochs:
+        raise ConfigError(f"schedule.warmup_epochs must be in [0, epochs={epochs}), got {cfg.get('warmup_epochs')!r}")
+    settings = {"name": name, "warmup_epochs": warmup}
     if name == "cosine":
         settings["min_lr_factor"] = number("min_lr_factor", cfg.get("min_lr_factor", 0.0), low=0.0, high=1.0,
                                            where="schedule")

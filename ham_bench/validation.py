@@ -37,7 +37,7 @@ WANDB_KEYS = ("enabled", "project", "entity", "mode", "tags")
 
 def _refuse_unknown_keys(cfg: Mapping) -> None:
     for key in cfg:
-        if key not in RUN_KEYS and key not in GROUPS:
+        if key not in RUN_KEYS and key not in GROUPS and key != "hydra":  # hydra: with return_hydra_config
             close = difflib.get_close_matches(str(key), [*RUN_KEYS, *GROUPS], n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"{key} is not a setting of ham-bench{hint}; run keys: {', '.join(RUN_KEYS)}")

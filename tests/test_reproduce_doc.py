@@ -48,7 +48,7 @@ def _distinct_runs(command: str) -> dict[tuple, int]:
 
 def test_the_page_shows_the_commands_of_every_table():
     assert len(HAM_BENCH) == 13 and len(SCRIPTS) == 10
-    overlays = {o.split("=")[1] for c in HAM_BENCH for o in arguments(c)[1] if o.startswith("+experiment=")}
+    overlays = {o.split("=")[1] for c in HAM_BENCH for o in arguments(c)[1] if o.startswith("experiment=")}
     assert overlays == {"fmnist_dense", "fmnist_sparse", "cifar100_dense", "cifar100_sparse", "imagenet_dense",
                         "imagenet_sparse"}
 
@@ -63,7 +63,7 @@ def test_epochs_1_alone_is_refused_as_the_page_says():
     from ham_bench.validation import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape("schedule.warmup_epochs must be in [0, epochs=1)")):
-        compose_run(["+experiment=imagenet_sparse", "epochs=1"])
+        compose_run(["experiment=imagenet_sparse", "epochs=1"])
     assert "`schedule.warmup_epochs must be in [0, epochs=1)`" in DOC.read_text()
 
 
@@ -95,7 +95,7 @@ def test_the_cost_table_is_what_the_commands_cost():
     for command in (c for c in HAM_BENCH if " -m " in c):  # the tables' sweeps, not the single checks
         for overrides, seeds in _distinct_runs(command).items():
             cfg = _compose(overrides)
-            overlay = next(o.split("=")[1] for o in overrides if o.startswith("+experiment="))
+            overlay = next(o.split("=")[1] for o in overrides if o.startswith("experiment="))
             configs[overlay] += [cfg] * seeds
     table = _cost_table()
     assert set(table) == set(configs)

@@ -5,7 +5,7 @@ optimizer, epochs, target sparsity, seed, eval split and the summary values (acc
 sparsity, sign flips, FLOPs fractions, seconds). What it lacks is the rest of the config; the
 settings that tell runs apart are taken from the run dir's name where Hydra's multirun wrote them
 there (``<n>_<key>=<value>,...``, e.g. ``3_ham.alpha=20,ham=hyp_star,seed=0``): value overrides
-(``ham.alpha=20``, ``epochs=3``) count, config-group choices (``ham=hyp_star``, ``+experiment=...``)
+(``ham.alpha=20``, ``epochs=3``) count, config-group choices (``ham=hyp_star``, ``experiment=...``)
 are already in the method columns. Per-epoch metrics (metrics.jsonl) are not in the file: the
 sign-flip plot and the per-epoch readings need the run dirs.
 

@@ -84,7 +84,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
     scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
-        channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
+        channels_last=cfg.channels_last, compile=bool(cfg.get("compile", False)), progress=cfg.progress,
+        log_every=cfg.log_every,
         stop_after_epochs=cfg.get("stop_after_epochs"), is_main_process=distributed.is_main_process(),
         extra_row={"eval_split": data.eval_split_name})
     meters = build_meters(model, sparsifier, optimizer, input_shape=(data.in_channels, data.image_size, data.image_size),

@@ -30,7 +30,7 @@ __all__ = ["ConfigError", "GROUPS", "RUN_KEYS", "validate_config"]
 
 GROUPS = ("dataset", "model", "optimizer", "ham", "sparsifier", "schedule", "logger")
 RUN_KEYS = ("seed", "epochs", "batch_size", "eval_batch_size", "label_smoothing", "num_workers", "device",
-            "precision", "channels_last", "progress", "log_every", "ham_warn_clamp_fraction", "stop_after_epochs",
+            "precision", "channels_last", "compile", "progress", "log_every", "ham_warn_clamp_fraction", "stop_after_epochs",
             "dump_masks_at", "resume")
 WANDB_KEYS = ("enabled", "project", "entity", "mode", "tags")
 
@@ -55,6 +55,7 @@ def _check_run_keys(cfg: Mapping) -> None:
     choice("precision", cfg.get("precision", "fp32"), ("fp32", "bf16"), where="")
     for key in ("channels_last", "progress"):
         flag(key, cfg.get(key, True), where="")
+    flag("compile", cfg.get("compile", False), where="")
     device = cfg.get("device", "auto")
     if not (device in ("auto", "cpu") or (isinstance(device, str) and device.split(":")[0] == "cuda")):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")

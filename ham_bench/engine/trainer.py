@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ham_bench import distributed
+from ham_bench.engine.bookkeeper import Bookkeeper
 from ham_bench.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ham_bench.engine.step import train_step
 
@@ -50,6 +51,7 @@ class TrainerSettings:
     label_smoothing: float = 0.0
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training model (forward and backward)
     progress: bool = True
     log_every: int = 20
     stop_after_epochs: int | None = None
@@ -63,6 +65,8 @@ class Trainer:
                  checkpoint_extra: dict | None = None, train_model: nn.Module | None = None):
         self.model = model
         self.train_model = model if train_model is None else train_model
+        if settings.compile:
+            self.train_model = torch.compile(self.train_model)
         self.train_loader = train_loader
         self.eval_loader = eval_loader
         self.optimizer = optimizer
@@ -75,6 +79,7 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.checkpoint_extra = checkpoint_extra or {}
+        self.bookkeeper = Bookkeeper(sparsifier, optimizer)  # masks and sign flips inside the optimizer step
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
         self.steps_per_epoch = len(train_loader)
         self.start_epoch = 0
@@ -119,7 +124,8 @@ class Trainer:
         for index, (x, y) in enumerate(bar):
             x, y = self._to_device(x, y)
             record = train_step(self.train_model, self.optimizer, self.sparsifier, x, y,
-                                epoch * self.steps_per_epoch + index, self.criterion, self._autocast)
+                                epoch * self.steps_per_epoch + index, self.criterion, self._autocast,
+                                bookkeeper=self.bookkeeper)
             self.scheduler.step()
             for meter in self.meters:
                 meter.on_step(record)

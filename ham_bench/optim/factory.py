@@ -12,6 +12,7 @@ from torch import nn
 
 from sparsifiers.config import ConfigError, choice, flag, number
 
+from .fused import FusedOptimizer
 from .ham import HAM, IMPLEMENTATIONS, VARIANTS
 from .sam import SAM
 
@@ -155,7 +156,9 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
 
     ``ham_cfg``: ``enabled`` (default true when the mapping is given), ``variant``,
     ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics`` (defaults
-    as in :class:`HAM`). ``extra_groups``: dicts ``{"params": [...], **group
+    as in :class:`HAM`). With HAM off, SGD and AdamW come wrapped in
+    :class:`FusedOptimizer` (the base's own step, with the engine's bookkeeping
+    fused into the update of the weights it hands over), SAM as it is. ``extra_groups``: dicts ``{"params": [...], **group
     keys}`` (e.g. a sparsifier's thresholds with ``weight_decay`` and ``ham:
     False``); their parameters are taken out of the default groups.
     Bad settings raise ``ConfigError`` (``optimizer_settings``).
@@ -191,7 +194,10 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
         optimizer = SAM(groups, base_cls, **settings.sam, **common)
     else:
         optimizer = base_cls(groups, **common)
-    return optimizer if settings.ham is None else HAM(optimizer, **settings.ham)
+    if settings.ham is not None:
+        return HAM(optimizer, **settings.ham)
+    # HAM off: the same fused kernels take the engine's bookkeeping (masks, sign flips), without HAM's factor
+    return optimizer if settings.sam is not None else FusedOptimizer(optimizer)
 
 
 def _clamp(ham: dict) -> float:

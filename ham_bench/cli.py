@@ -4,6 +4,7 @@
     ham-bench -m ham=off,hyp_star seed=0,1,2    # a Hydra multirun sweep
     ham-bench resume=outputs/2026-11-27/12-00-00  # continue a run in its own dir
     ham-bench export outputs/2026-11-27/12-00-00  # compressed sparse model (see ham_bench.export)
+    ham-bench list / ham-bench --help             # what there is: methods, optimizers, models, experiments, keys
 
 Under ``torchrun --nproc_per_node=N -m ham_bench ...`` every rank runs this app;
 they join one process group (``ham_bench.distributed``) and share rank 0's
@@ -111,6 +112,11 @@ def _resume_overrides(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:] in (["--help"], ["-h"]) or sys.argv[1:2] == ["list"]:
+        from ham_bench.catalog import app_help, listing
+
+        print(listing() if sys.argv[1:2] == ["list"] else app_help())
+        sys.exit(0)
     if sys.argv[1:2] == ["export"]:
         from ham_bench.export import main as export_main
 

@@ -286,7 +286,7 @@ def export_run(run_dir, out=None, build: Builder | None = None, model_args: Mapp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ham_bench.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ham-bench export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--out", default=None, help=f"output file (default: RUN_DIR/{EXPORT_NAME})")
     parser.add_argument("--eval", action="store_true", help="recompute the test accuracy from the exported file")

@@ -82,7 +82,7 @@ class TrainingContext:
 
 @register_sparsifier("dense")
 class Sparsifier:
-    """Base class and the ``dense`` method: no masking at all.
+    """No masking: the dense baseline, and the base class of every method.
 
     Constructor keywords are the layer selection (``sparsifiers.selection``):
     ``sparsity``, ``distribution``, ``dense_first``, ``dense_last``,

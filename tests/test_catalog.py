@@ -1,0 +1,52 @@
+"""ham-bench explains itself: its own --help, `ham-bench list`, and export's help under its real name."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ham_bench.catalog import app_help, listing, run_keys
+from sparsifiers import MaskedSparsifier, register_sparsifier
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ham_bench(*args):
+    return subprocess.run([sys.executable, "-m", "ham_bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_help_is_the_apps_own_page():
+    result = ham_bench("--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text == app_help() + "\n"
+    for group in ("dataset=", "model=", "optimizer=", "ham=", "sparsifier=", "schedule=", "experiment="):
+        assert group in text
+    assert "ham-bench list" in text and "ham-bench export RUN_DIR" in text and "rigl" in text
+    # every run key of configs/train.yaml is there with its one-line description
+    for key, default, description in run_keys():
+        assert f"{key}={default}" in text and description in text
+    assert all(description for key, _, description in run_keys()), "a run key without a comment in train.yaml"
+
+
+def test_list_shows_methods_with_their_papers_and_installed_plugins():
+    @register_sparsifier("listed_plugin_example")
+    class Listed(MaskedSparsifier):
+        """A plugin's one-line description."""
+
+        name = "listed_plugin_example"
+
+    text = listing()
+    assert re.search(r"\n  rigl +RigL:", text) and re.search(r"\n  signin +Sign-In \(NeurIPS 2025\)", text)
+    assert "listed_plugin_example" in text and "A plugin's one-line description." in text
+    assert "sparsifier=random sparsifier.name=listed_plugin_example" in text  # how to pick one without a config
+    for section in ("Optimizer (optimizer=...)", "Model (model=...)", "Experiment (experiment=...)"):
+        assert section in text
+    result = ham_bench("list")
+    assert result.returncode == 0 and "fmnist_sparse" in result.stdout and "resnet50" in result.stdout
+
+
+def test_export_help_names_the_command_users_type():
+    result = ham_bench("export", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: ham-bench export ")

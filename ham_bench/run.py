@@ -33,6 +33,7 @@ from ham_bench.loggers import MetricsLogger
 from ham_bench.metrics import build_meters
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
+from ham_bench.provenance import provenance
 from ham_bench.schedule import build_scheduler
 from sparsifiers import build_sparsifier
 from sparsifiers.base import TrainingContext
@@ -135,6 +136,7 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
                    "ham": cfg.ham.variant if cfg.ham.enabled else "off",
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
     }
+    summary["provenance"] = provenance(trainer.device if trainer is not None else None)
     for meter in trainer.meters if trainer is not None else ():
         summary.update(meter.summary())
         summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})

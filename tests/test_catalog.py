@@ -50,3 +50,16 @@ def test_list_shows_methods_with_their_papers_and_installed_plugins():
 def test_export_help_names_the_command_users_type():
     result = ham_bench("export", "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: ham-bench export ")
+
+
+def test_summary_records_where_a_result_came_from(tmp_path):
+    import json
+
+    result = ham_bench("dataset.subset=300", "epochs=1", "progress=false", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    facts = json.loads((tmp_path / "summary.json").read_text())["provenance"]
+    assert len(facts["git_commit"]) == 40 and isinstance(facts["git_dirty"], bool)
+    assert facts["packages"]["torch"] and facts["packages"]["ham-bench"]
+    assert facts["cpu_capability"] and facts["cpu_model"] and facts["threads"] >= 1
+    assert facts["device"] == "cpu" and facts["command"][1:] == ["dataset.subset=300", "epochs=1", "progress=false",
+                                                                 f"hydra.run.dir={tmp_path}"]

@@ -44,9 +44,20 @@ def contract_model() -> nn.Module:
 
 
 def contract_batches(steps: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    sample = contract_sampler(seed)
+    return [sample() for _ in range(steps)]
+
+
+def contract_sampler(seed: int = 1) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded labelled batches of 16 8x8 images, one per call (its own generator: the global RNG never moves)."""
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
-            for _ in range(steps)]
+    return lambda: (torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+
+
+def contract_context(epochs: int, steps_per_epoch: int, seed: int = 0) -> TrainingContext:
+    """What the trainer gives ``attach``, data included (``input_shape``, ``sample_batch``)."""
+    return TrainingContext(epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed, input_shape=(1, 8, 8),
+                           sample_batch=contract_sampler(seed + 100))
 
 
 def _optimizer(model: nn.Module, sparsifier, kind: str):
@@ -68,8 +79,7 @@ class _Run:
         torch.manual_seed(seed)
         self.model = contract_model()
         self.sparsifier = make()
-        self.sparsifier.attach(self.model, TrainingContext(epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                                           seed=seed))
+        self.sparsifier.attach(self.model, contract_context(epochs, steps_per_epoch, seed))
         self.optimizer = _optimizer(self.model, self.sparsifier, kind)
         self.steps_per_epoch = steps_per_epoch
         self.data = contract_batches(steps_per_epoch)

@@ -144,6 +144,12 @@ class SignIn(Sparsifier):
     def trains_dense(self, step: int) -> bool:
         return self.inner.trains_dense(step)
 
+    def schedule_position(self, step: int) -> int:
+        return self.inner.schedule_position(step)
+
+    def rewinds_weights(self, step: int) -> bool:
+        return self.inner.rewinds_weights(step)
+
     # ---- per step ----------------------------------------------------------------
     def mask_gradients(self) -> None:
         self.inner.mask_gradients()  # on w; m's gradient g * w is already 0 where w = 0

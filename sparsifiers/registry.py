@@ -42,6 +42,8 @@ BUILTIN_MODULES: dict[str, str] = {
     "str": "sparsifiers.str",
     "signin": "sparsifiers.signin",
     "pilot": "sparsifiers.pilot",
+    "snip": "sparsifiers.snip",
+    "synflow": "sparsifiers.synflow",
     "set": "sparsifiers.set",
     "mest": "sparsifiers.mest",
 }

@@ -76,6 +76,16 @@ class BudgetedPruning(MaskedSparsifier):
         return [key for key in self.masked_keys if self.target_density_by_name[key] < 1.0]
 
     @torch.no_grad()
+    def masked_magnitudes(self) -> dict[str, torch.Tensor]:
+        """|w| of the pruned layers, masked entries at -1 (below any weight: masks only shrink)."""
+        scores = {}
+        for key in self.prune_keys():
+            magnitude = self.tensors.get(key).detach().abs()
+            mask = self.mask_by_name.get(key)
+            scores[key] = magnitude if mask is None else torch.where(mask, magnitude, -1.0)
+        return scores
+
+    @torch.no_grad()
     def budget_masks(self, scores: Mapping[str, torch.Tensor], keep: Keep,
                      index_ties: bool = False) -> dict[str, torch.Tensor]:
         """Masks keeping, in every unit, the ``keep(size, final, density)`` largest scores."""

@@ -44,6 +44,9 @@ BUILTIN_MODULES: dict[str, str] = {
     "pilot": "sparsifiers.pilot",
     "snip": "sparsifiers.snip",
     "synflow": "sparsifiers.synflow",
+    "gmp": "sparsifiers.gmp",
+    "imp": "sparsifiers.imp",
+    "lrr": "sparsifiers.imp",
     "set": "sparsifiers.set",
     "mest": "sparsifiers.mest",
 }

@@ -16,7 +16,7 @@ units are and turns scores into exact-count masks (``budget_masks``):
   for convs) of every masked layer whose input dimension divides by ``m``
   is a unit: ``size`` = m, ``final`` = n, ``density`` = n / m. The target is
   then ``1 - n/m`` on those layers (``sparsity`` is set to it); layers that
-  do not divide stay dense. ``extra_metrics()`` adds ``nm_valid``: per
+  do not divide stay dense and out of the masked layers. ``extra_metrics()`` adds ``nm_valid``: per
   masked layer, whether every group holds at most n nonzeros.
 """
 
@@ -62,12 +62,19 @@ class BudgetedPruning(MaskedSparsifier):
             return "nm"
         return "global" if self.selection.distribution == "global" else "layer"
 
+    @property
+    def masked_keys(self) -> list[str]:
+        """Under ``pattern: nm``, only the layers whose input dimension divides by m."""
+        keys = super().masked_keys
+        if self.pattern != "nm":
+            return keys
+        return [key for key in keys if nm_divisible(self.layers[key.rsplit(".", 1)[0]].weight.shape, self.m)]
+
     def initial_densities(self) -> dict[str, float]:
         if self.pattern != "nm":
             return super().initial_densities()
-        masked, shapes = set(self.masked_keys), self.layer_shapes()
-        return {key: self.n / self.m if key in masked and nm_divisible(shape, self.m) else 1.0
-                for key, shape in shapes.items()}
+        masked = set(self.masked_keys)
+        return {key: self.n / self.m if key in masked else 1.0 for key in self.layer_shapes()}
 
     def prune_keys(self) -> list[str]:
         """The layers the budget prunes (what a method scores)."""

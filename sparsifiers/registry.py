@@ -47,6 +47,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "gmp": "sparsifiers.gmp",
     "imp": "sparsifiers.imp",
     "lrr": "sparsifiers.imp",
+    "nm": "sparsifiers.nm",
     "set": "sparsifiers.set",
     "mest": "sparsifiers.mest",
 }

@@ -48,6 +48,8 @@ BUILTIN_MODULES: dict[str, str] = {
     "imp": "sparsifiers.imp",
     "lrr": "sparsifiers.imp",
     "nm": "sparsifiers.nm",
+    "cs": "sparsifiers.cs",
+    "spred": "sparsifiers.spred",
     "set": "sparsifiers.set",
     "mest": "sparsifiers.mest",
 }

@@ -10,8 +10,10 @@ The run (``sparsifiers.rounds``, equal rounds, the LR schedule restarted in
 each: ``schedule_position``) is ``rounds`` search rounds and one ticket
 round. In every search round the temperature rises per step from 1 to
 ``beta_final``: ``beta = beta_final ** (q / (L - 1))`` at step q of a round
-of L steps (the reference raises it per epoch, e ** (e / (E - 1))); at its
-end ``s <- min(beta * s, s0)`` and beta restarts at 1. Weights and BN
+of L steps (the reference raises it per epoch, e ** (e / (E - 1))); at the
+end of every search round but the last ``s <- min(beta * s, s0)`` and beta
+restarts at 1 (the reference does not clamp after the last round: with
+s0 = 0 the ticket ``s > 0`` would be empty). Weights and BN
 buffers are snapshotted ``rewind_fraction`` into the first round (the
 reference's epoch 2 of 85). After the last search round the ticket is cut
 from the logits, the weights and buffers are rewound to the snapshot, the
@@ -26,10 +28,16 @@ the weights' gradients, exactly as a term of the loss would.
 
 Choices and deviations (config keys):
 
-- ``ticket: topk`` (default): the top ``round((1 - s) N)`` logits over the
-  budget (global by default; per layer; N:M) so the run ends at exactly the
-  target; ``positive``: the paper's ``1{s > 0}``, whose sparsity is whatever
-  s0, l1 and the rounds give (logged as achieved next to the target).
+- ``ticket: topk`` (default): the top logits at the budget's exact counts
+  so the run ends at exactly the target; ``positive``: the paper's
+  ``1{s > 0}``, whose sparsity is whatever s0, l1 and the rounds give
+  (logged as achieved next to the target). The budget defaults to per layer
+  (``distribution: uniform``, every layer but the classifier at the target):
+  the logits' scale differs by layer (each moves with its layer's gradient
+  scale and is multiplied by beta at every round end), so one global top-k
+  (``distribution: global``, the analogue of ``s > 0`` over all layers) can
+  empty a layer; it emptied the first conv of the Fashion-MNIST CNN in a
+  2-epoch run. A ticket that empties a layer is a ConfigError.
 - ``round_end_scale: temperature`` (default): ``s <- min(beta * s, s0)``, as
   the reference's ``prune(temp)`` reads; ``one``: ``min(s, s0)``, what its
   ``main.py`` runs (it resets the temperature first), which revives slightly
@@ -93,7 +101,7 @@ class ContinuousSparsification(BudgetedPruning):
     """Continuous Sparsification (Savarese et al., NeurIPS 2020): soft masks annealed by temperature, then a ticket."""
 
     name = "cs"
-    selection_defaults = {"sparsity": 0.9, "distribution": "global", "dense_first": False, "dense_last": True}
+    selection_defaults = {"sparsity": 0.9, "distribution": "uniform", "dense_first": False, "dense_last": True}
     reparameterizes_weights = True
     unused_parameters_under_ddp = True  # the logits leave the forward at the ticket
 
@@ -182,12 +190,13 @@ class ContinuousSparsification(BudgetedPruning):
 
     @torch.no_grad()
     def _end_round(self) -> None:
+        self.round += 1
+        if not self.searching:  # after the last search round the ticket reads the logits as they are
+            self.cut_ticket()
+            return
         for gate in self.gates.values():
             scale = gate.beta if self.round_end_scale == "temperature" else 1.0
             gate.s.mul_(scale).clamp_(max=self.s0)
-        self.round += 1
-        if not self.searching:
-            self.cut_ticket()
 
     @torch.no_grad()
     def cut_ticket(self) -> None:
@@ -197,6 +206,7 @@ class ContinuousSparsification(BudgetedPruning):
             masks = {key: s > 0 for key, s in logits.items()}
         else:
             masks = self.budget_masks(logits, lambda size, final, density: final)
+        self.check_no_empty_layer(masks)
         self.snapshot.restore()
         for gate in self.gates.values():
             gate.ticket_scale = 1.0 / gate.norm if self.ticket_scale else 1.0

@@ -1,4 +1,4 @@
-"""CS: Continuous Sparsification (Savarese, Silva & Maire, "Winning the Lottery with Continuous Sparsification", NeurIPS 2020).
+"""CS: Continuous Sparsification (Savarese, Silva & Maire, "Winning the Lottery with ...", NeurIPS 2020).
 
 Every masked weight w gets a logit s (initial value s0) and, while searching,
 the layer computes with a soft mask::

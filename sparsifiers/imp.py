@@ -16,7 +16,7 @@ Round 0 is L steps, every later round L - k, with k = ``round(rewind_fraction
 LRR (k = 0): 9 / 12 / 15 rounds of ``epochs / (R + 1)`` epochs each at
 s = 0.8 / 0.9 / 0.95; e.g. open_lth's 160-epoch CIFAR round needs
 ``epochs=1440 / 1920 / 2400``. IMP (k = 2 % of a round): ``epochs = L_epochs
-* 8.84 / 11.78 / 14.72``, e.g. 1415 / 1885 / 2356 epochs for L = 160. Each
+* 8.84 / 11.78 / 14.72``, e.g. 1414 / 1885 / 2355 epochs for L = 160. Each
 round replays the run's LR schedule compressed to one round
 (``schedule_position``); warm-up is replayed when k lies inside it. The cost
 is R + 1 trainings of a round: state it next to results.

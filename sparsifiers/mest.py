@@ -66,7 +66,7 @@ from sparsifiers.registry import register_sparsifier
 
 @register_sparsifier("mest")
 class MEST(DynamicSparsifier):
-    """MEST (Yuan et al., NeurIPS 2021): prune by |w| + lambda |g|, random regrowth, stage-wise elastic mutation (EM&S)."""
+    """MEST (Yuan et al., NeurIPS 2021): prune by |w| + lambda |g|, random regrowth, elastic mutation (EM&S)."""
 
     name = "mest"
     metric_prefix = "mest"

@@ -1,4 +1,5 @@
-"""spred: L1 by SGD through a redundant parameterization (Ziyin & Wang, "spred: Solving L1 Penalty with SGD", ICML 2023).
+"""spred: L1 by SGD through a redundant parameterization (Ziyin & Wang, "spred: Solving L1 Penalty with SGD",
+ICML 2023).
 
 Every masked weight becomes ``w = u * v`` (two tensors of its shape) and u, v
 get weight decay lambda (``weight_decay``): the penalty
@@ -67,7 +68,7 @@ log = logging.getLogger("ham_bench")
 
 @register_sparsifier("spred")
 class Spred(MaskedSparsifier):
-    """spred (Ziyin & Wang, ICML 2023): weight decay on w = u * v solves L1; exact magnitude projection to the target."""
+    """spred (Ziyin & Wang, ICML 2023): weight decay on w = u * v solves L1; exact projection to the target."""
 
     name = "spred"
     selection_defaults = {"sparsity": 0.9, "distribution": "global"}

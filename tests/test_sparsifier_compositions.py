@@ -31,3 +31,15 @@ def test_sign_in_passes_the_inner_lr_position_and_rewinds_through():
     assert [composed.schedule_position(s) for s in range(20)] == [rounds.schedule_position(s) for s in range(20)]
     assert [s for s in range(20) if composed.rewinds_weights(s)] == [s - 1 for s in rounds.starts[1:]]
     assert composed.name == "imp+signin"
+
+
+def test_the_command_line_composition_builds():
+    from hydra import compose, initialize_config_dir
+
+    from ham_bench.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["sparsifier=signin", "sparsifier.inner=gmp",
+                                                      "sparsifier.sparsity=0.8"])
+    composed = build_sparsifier(cfg.sparsifier)
+    assert composed.name == "gmp+signin" and composed.inner.selection.sparsity == 0.8

@@ -81,3 +81,14 @@ def test_step_generator_depends_on_seed_step_and_salt_only():
     assert torch.equal(draw(3, 1), draw(3, 1))
     assert not torch.equal(draw(3, 1), draw(4, 1)) and not torch.equal(draw(3, 1), draw(3, 2))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_every_new_method_describes_itself_in_one_line_naming_its_paper():
+    import re
+
+    from sparsifiers import sparsifier_class
+
+    for name in ("snip", "synflow", "gmp", "imp", "lrr", "set", "mest", "cs", "spred", "nm"):
+        first = sparsifier_class(name).__doc__.splitlines()[0]
+        assert re.search(r"\((?:[^()]*?)(?:ICLR|ICML|NeurIPS|Nature Communications)? ?(?:19|20)\d\d", first), first
+        assert first.endswith(".") or ":" in first, first

@@ -4,7 +4,9 @@
     check_sparsifier({"_target_": "my_package.MyMethod", "sparsity": 0.8})   # in the plugin's own tests
 
 trains a small CNN (two convs, two linears, 8x8 inputs) through the real step
-engine (``ham_bench.engine.step.train_step``) and asserts, for the method as
+engine (``ham_bench.engine.step.train_step``), attached with the context the
+trainer gives (``input_shape`` and a seeded ``sample_batch`` included, so
+methods that score data at attach run too), and asserts, for the method as
 configured:
 
 1. under SGD + HAM and under SAM + HAM, after every step, every entry that

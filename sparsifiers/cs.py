@@ -37,7 +37,8 @@ Choices and deviations (config keys):
   scale and is multiplied by beta at every round end), so one global top-k
   (``distribution: global``, the analogue of ``s > 0`` over all layers) can
   empty a layer; it emptied the first conv of the Fashion-MNIST CNN in a
-  2-epoch run. A ticket that empties a layer is a ConfigError.
+  2-epoch run. A ticket that empties a layer is a ConfigError (raised at
+  the end of the epoch it was cut in: the check reads the device).
 - ``round_end_scale: temperature`` (default): ``s <- min(beta * s, s0)``, as
   the reference's ``prune(temp)`` reads; ``one``: ``min(s, s0)``, what its
   ``main.py`` runs (it resets the temperature first), which revives slightly
@@ -123,6 +124,7 @@ class ContinuousSparsification(BudgetedPruning):
         self.rewind_step = 0
         self.round = 0
         self.next_step = 0
+        self.ticket_unchecked = False
 
     # ---- set-up -----------------------------------------------------------------
     def attach(self, model: nn.Module, context) -> None:
@@ -206,12 +208,17 @@ class ContinuousSparsification(BudgetedPruning):
             masks = {key: s > 0 for key, s in logits.items()}
         else:
             masks = self.budget_masks(logits, lambda size, final, density: final)
-        self.check_no_empty_layer(masks)
+        self.ticket_unchecked = True  # the layer-collapse check reads the device: at the epoch's end
         self.snapshot.restore()
         for gate in self.gates.values():
             gate.ticket_scale = 1.0 / gate.norm if self.ticket_scale else 1.0
         self.set_masks(masks, reset_pruned_state=True)
         reset_state(self.optimizer)
+
+    def on_epoch_end(self, epoch: int, stats=None) -> None:
+        if self.ticket_unchecked:
+            self.check_no_empty_layer(self.mask_by_name)
+            self.ticket_unchecked = False
 
     # ---- reports and checkpoints -------------------------------------------------------
     @torch.no_grad()

@@ -36,6 +36,9 @@ Choices and deviations (config keys):
   sparsifies the stem with groups straddling kernel positions, numerically
   valid but no hardware N:M layout; ``false`` does that too (needs the
   layer's size to divide by m).
+- Optimizer state is never reset when a mask flips: the dense W (and its
+  momentum) is trained everywhere, so a flip is a change of the forward
+  support, not a regrowth from zero (as the reference).
 - HAM acts on the dense W: pruned entries are not exactly zero in W, so HAM's
   "zeros stay zero" has nothing to keep here; the masked forward weight is.
 - FLOPs: the standard accounting costs steps at the sparse forward; SR-STE's

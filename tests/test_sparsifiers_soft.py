@@ -204,3 +204,16 @@ def test_spred_projects_to_the_exact_target_with_both_factors_zero():
         assert int(u[~mask].count_nonzero()) == 0 and int(v[~mask].count_nonzero()) == 0
         for factor in (u, v):
             assert int(optimizer.state[factor]["momentum_buffer"][~mask].count_nonzero()) == 0
+
+
+def test_cs_ticket_that_empties_a_layer_is_an_error_at_the_epoch_end():
+    from sparsifiers import ConfigError
+
+    cs = build_sparsifier({"name": "cs", "ticket": "positive"})
+    cs.attach(tiny_model(), TrainingContext(epochs=4, steps_per_epoch=5))
+    with torch.no_grad():
+        for key, gate in cs.gates.items():
+            gate.s.fill_(-1.0 if key == "2.weight" else 1.0)
+    cs.cut_ticket()  # inside a step: no check there (it would read the device)
+    with pytest.raises(ConfigError, match=r"leaves no weight in 2.weight \(cs: layer collapse\)"):
+        cs.on_epoch_end(0)

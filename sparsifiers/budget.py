@@ -121,4 +121,5 @@ class BudgetedPruning(MaskedSparsifier):
         empty = [key for key, mask in masks.items() if not bool(mask.any())]
         if empty:
             raise ConfigError(f"sparsifier.sparsity={self.selection.sparsity:g} leaves no weight in {', '.join(empty)} "
-                              f"({self.name}: layer collapse); lower it or use sparsifier.distribution=uniform|erk")
+                              f"({self.name}: layer collapse); lower it or prune per layer "
+                              f"(sparsifier.distribution=uniform|erk)")

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ham_bench import atomic_io, distributed
-from ham_bench.data import build_datasets, build_loader
+from ham_bench.data import build_datasets, build_loader, seeded_batches
 from ham_bench.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ham_bench.engine.trainer import NonFiniteLossError, Trainer, TrainerSettings
 from ham_bench.loggers import MetricsLogger
@@ -75,14 +75,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
     model = build_model(cfg.model, data.num_classes, data.in_channels, data.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device)
+    context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device,
+                              input_shape=(data.in_channels, data.image_size, data.image_size),
+                              sample_batch=seeded_batches(data.train, cfg.batch_size, cfg.seed))
     sparsifier = build_sparsifier(cfg.sparsifier)
     sparsifier.attach(model, context)
     distributed.broadcast_masks(sparsifier)
     train_model = distributed.wrap_model(model, device, sparsifier)  # the model itself when not distributed
     optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_groups())
     sparsifier.bind_optimizer(optimizer)
-    scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
+    scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps,
+                                position=sparsifier.schedule_position)
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,

@@ -109,3 +109,28 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
     return DataLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle) and sampler is None, sampler=sampler,
                       num_workers=num_workers, generator=generator, drop_last=drop_last, pin_memory=pin_memory,
                       collate_fn=collate_batch)
+
+
+def seeded_batches(dataset: Dataset, batch_size: int, seed: int):
+    """A callable returning the next labelled training batch ``(inputs, labels)`` for a sparsifier's ``attach``.
+
+    Batches follow a permutation drawn with ``seed`` by a generator of their own,
+    and any augmentation runs under a forked global RNG seeded from ``seed`` and
+    the call's index: drawing them never moves the global RNG (training's data
+    order and noise stay those of a run without them), and every DDP rank and a
+    resumed run draw the same batches. Wraps around after one pass.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    calls = [0]
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        start = (calls[0] * batch_size) % len(order)
+        positions = order[start:start + batch_size].tolist()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1_000_003 + calls[0])
+            fetch = getattr(dataset, "__getitems__", None)
+            batch = collate_batch(fetch(positions) if fetch else [dataset[i] for i in positions])
+        calls[0] += 1
+        return batch[0], batch[1]
+
+    return sample

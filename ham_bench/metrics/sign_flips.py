@@ -2,7 +2,9 @@
 
 A flip is a weight whose sign went from + to - or - to + between two
 consecutive optimizer steps (both signs nonzero: pruning to zero, or regrowth
-from zero, is not a flip). The counter also reports how many weights have the
+from zero, is not a flip). A step after which the method restored old weights
+(``sparsifier.rewinds_weights(step)``: IMP's rewind) counts nothing: the
+restored signs become the reference for the next step. The counter also reports how many weights have the
 sign opposite to their sign at initialization (``sign_differs_from_init_count``)
 and which fraction of the weights nonzero at initialization that is
 (``sign_differs_from_init``): weights masked at init cannot differ, so
@@ -43,10 +45,20 @@ class SignFlipCounter:
             current = torch.sign(weights[name]).to(torch.int8)
             previous = (packed % 3).to(torch.int8) - 1
             counts.append(((current * previous) < 0).sum())
-            # keep the initial-sign part, replace the previous-sign part
-            packed.sub_(packed % 3).add_((current + 1).to(torch.uint8))
+            self._store_previous(packed, current)
         if counts:
             self.epoch_flips += torch.stack(counts)
+
+    @torch.no_grad()
+    def rebase(self, weights: dict[str, torch.Tensor]) -> None:
+        """Take ``weights``' signs as the previous ones without counting flips (weights were restored)."""
+        for name in self.names:
+            self._store_previous(self.packed[name], torch.sign(weights[name]).to(torch.int8))
+
+    @staticmethod
+    def _store_previous(packed: torch.Tensor, current: torch.Tensor) -> None:
+        # keep the initial-sign part, replace the previous-sign part
+        packed.sub_(packed % 3).add_((current + 1).to(torch.uint8))
 
     def initial_signs(self, name: str) -> torch.Tensor:
         """Signs at initialization (int8: -1, 0, +1) of the weights tracked as ``name``, from the packed bytes."""
@@ -99,7 +111,10 @@ class SignFlipMeter(Meter):
         self.counter = SignFlipCounter(sparsifier.effective_weights())
 
     def on_step(self, record) -> None:
-        self.counter.update(self.sparsifier.effective_weights())
+        if self.sparsifier.rewinds_weights(record.step):
+            self.counter.rebase(self.sparsifier.effective_weights())
+        else:
+            self.counter.update(self.sparsifier.effective_weights())
 
     def epoch_report(self, epoch: int, weights) -> dict:
         return self.counter.epoch_report(weights)

@@ -80,6 +80,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
                               sample_batch=seeded_batches(data.train, cfg.batch_size, cfg.seed))
     sparsifier = build_sparsifier(cfg.sparsifier)
     sparsifier.attach(model, context)
+    if distributed.is_main_process():
+        for warning in sparsifier.schedule_warnings():
+            log.warning(warning)
     distributed.broadcast_masks(sparsifier)
     train_model = distributed.wrap_model(model, device, sparsifier)  # the model itself when not distributed
     optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_groups())
@@ -140,6 +143,7 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
     }
     summary["provenance"] = provenance(trainer.device if trainer is not None else None)
+    summary["warnings"] = trainer.sparsifier.schedule_warnings() if trainer is not None else []
     for meter in trainer.meters if trainer is not None else ():
         summary.update(meter.summary())
         summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})

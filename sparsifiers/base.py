@@ -61,6 +61,9 @@ What other modules need to know is declared, never guessed:
   parameters (STR, Sign-In, PILoT); ``effective_weights()`` gives the result.
 - ``unused_parameters_under_ddp``: some parameters may get no gradient in a
   step (STR after its projection): DDP must look for unused parameters.
+- ``schedule_warnings()``: after ``attach``, what this run's length keeps the
+  method from doing (no DST update, an AC/DC phase shorter than a step, no
+  fine-tuning after a projection); logged and recorded in summary.json.
 
 Reports: ``masks()`` (current bool masks by ``<layer>.weight``) and
 ``masked_tensors()`` (the tensor each mask applies to),
@@ -167,6 +170,11 @@ class Sparsifier:
     def schedule_position(self, step: int) -> int:
         """Position on the run's LR schedule at which optimizer step ``step`` runs (restarts rewind it)."""
         return step
+
+    def schedule_warnings(self) -> list[str]:
+        """After ``attach``: one line for each way this run's length keeps the method from doing what it is
+        (e.g. RigL with no mask update in the run); the run logs them and summary.json records them."""
+        return []
 
     def rewinds_weights(self, step: int) -> bool:
         """True when ``after_step(step)`` restored the weights from a snapshot (IMP's weight rewinding)."""

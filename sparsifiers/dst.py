@@ -143,6 +143,14 @@ class DropFractionSchedule(DynamicSparsifier):
         return (self.first_update_step <= step < self.end_step
                 and (step - self.first_update_step) % self.update_interval == 0)
 
+    def schedule_warnings(self) -> list[str]:
+        total = self.context.total_steps
+        if self.mask_by_name and not any(self.is_update_step(s) for s in range(total)):
+            return [f"{self.name}: no mask update in this run of {total} steps (every {self.update_interval} steps "
+                    f"from step {self.first_update_step} until step {self.end_step}), so it trains as a fixed "
+                    f"random mask; lower sparsifier.update_interval or sparsifier.first_update_step"]
+        return []
+
     def drop_fraction_at(self, step: int) -> float:
         if self.drop_fraction_schedule == "constant":
             return self.drop_fraction

@@ -110,6 +110,12 @@ class MEST(DynamicSparsifier):
         self.active_count_by_name = {key: mask.numel() for key, mask in self.mask_by_name.items()}
         self.update_masks(0, {})  # the epoch-0 update: magnitude prune-to on the initial weights, random grow-to
 
+    def schedule_warnings(self) -> list[str]:
+        if not self.positions:
+            return [f"mest: no mask update in this run of {self.context.total_steps} steps; raise the run length "
+                    f"or lower sparsifier.update_every"]
+        return []
+
     def initial_masks(self) -> dict[str, torch.Tensor]:
         """All-ones masks on the layers to sparsify: the update at step 0 makes them sparse."""
         return {key: torch.ones(shape, dtype=torch.bool, device=self.tensors.get(key).device)

@@ -20,8 +20,8 @@ from sparsifiers.base import sparsity_report
 from sparsifiers.config import ConfigError, number
 from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import (FactorTensors, add_product, epoch_at, pin_masked_factors,
-                                            projection_masks)
+from sparsifiers.reparameterization import (FactorTensors, add_product, epoch_at, late_event_warnings,
+                                            pin_masked_factors, projection_masks)
 
 log = logging.getLogger("ham_bench")
 
@@ -154,6 +154,9 @@ class PILoT(MaskedSparsifier):
         self.alpha = min(self.alpha_max, max(self.alpha_min, alpha))
         for group in self.decay_groups():
             group["weight_decay"] = self.alpha
+
+    def schedule_warnings(self) -> list[str]:
+        return late_event_warnings(self.name, "prune_at", self.prune_at, self.context.epochs)
 
     @property
     def prune_epoch(self) -> int:

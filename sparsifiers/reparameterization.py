@@ -142,6 +142,14 @@ def epoch_at(fraction: float, epochs: int) -> int:
     return max(1, min(epochs, int(math.floor(fraction * epochs + 1e-9))))
 
 
+def late_event_warnings(name: str, key: str, fraction: float, epochs: int) -> list[str]:
+    """A warning when a projection meant to leave fine-tuning epochs (fraction < 1) lands on the run's last epoch."""
+    if fraction < 1.0 and epoch_at(fraction, epochs) == epochs:
+        return [f"{name}: sparsifier.{key}={fraction:g} falls at the end of the last epoch of this {epochs}-epoch "
+                f"run, so the fixed mask gets no fine-tuning; run more epochs or lower sparsifier.{key}"]
+    return []
+
+
 @torch.no_grad()
 def projection_masks(sparsifier, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Exact-count masks keeping the largest ``scores`` of a ``MaskedSparsifier``'s masked layers.

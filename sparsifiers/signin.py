@@ -149,6 +149,9 @@ class SignIn(Sparsifier):
     def trains_dense(self, step: int) -> bool:
         return self.inner.trains_dense(step)
 
+    def schedule_warnings(self) -> list[str]:
+        return self.inner.schedule_warnings()
+
     def schedule_position(self, step: int) -> int:
         return self.inner.schedule_position(step)
 

@@ -61,7 +61,7 @@ from sparsifiers.base import sparsity_report
 from sparsifiers.config import flag, number
 from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import FactorTensors, add_product, epoch_at, projection_masks
+from sparsifiers.reparameterization import FactorTensors, add_product, epoch_at, late_event_warnings, projection_masks
 
 log = logging.getLogger("ham_bench")
 
@@ -107,6 +107,9 @@ class Spred(MaskedSparsifier):
         super().apply_masks()  # the sign-carrying factor
         for key, mask in self.mask_by_name.items():
             self.factors[key][0].mul_(mask)  # and the other: (0, 0) at every pruned entry
+
+    def schedule_warnings(self) -> list[str]:
+        return late_event_warnings(self.name, "prune_at", self.prune_at, self.context.epochs)
 
     def on_epoch_end(self, epoch: int, stats=None) -> None:
         if not self.pruned and epoch + 1 >= epoch_at(self.prune_at, self.context.epochs):

@@ -23,7 +23,7 @@ from sparsifiers.base import sparsity_report
 from sparsifiers.config import number
 from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import OriginalTensors, epoch_at, projection_masks
+from sparsifiers.reparameterization import OriginalTensors, epoch_at, late_event_warnings, projection_masks
 
 log = logging.getLogger("ham_bench")
 
@@ -135,6 +135,12 @@ class STR(MaskedSparsifier):
             return []
         return [{"params": [t.s for t in self.thresholds.values()],
                  "weight_decay": self.threshold_weight_decay, "ham": False}]
+
+    def schedule_warnings(self) -> list[str]:
+        if not self.final_projection:
+            return ["str: final_projection=false: the achieved sparsity is whatever the thresholds reach "
+                    f"(the target {self.selection.sparsity:g} is only reported, not enforced)"]
+        return late_event_warnings(self.name, "projection_at", self.projection_at, self.context.epochs)
 
     @property
     def projection_epoch(self) -> int:

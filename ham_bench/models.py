@@ -167,6 +167,9 @@ def model_settings(cfg: Mapping) -> dict:
     if name == "timm":
         import timm
 
+        kwargs = cfg.get("kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(f"model.kwargs must be a mapping of create_model arguments, got {kwargs!r}")
         if not isinstance(cfg.get("timm_name"), str) or not timm.is_model(cfg["timm_name"]):
             raise ConfigError(f"model.timm_name must be a timm model name, e.g. resnet18 or vit_tiny_patch16_224 "
                               f"(got {cfg.get('timm_name')!r}; see timm.list_models())")

@@ -134,8 +134,12 @@ def _check_logger(logger: Mapping) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError on the first invalid value of the composed run config."""
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
+    try:  # the run's keys only: hydra's own node resolves only inside a Hydra app (${hydra:...})
+        for key in cfg:
+            if key != "hydra":
+                node = cfg[key]
+                if OmegaConf.is_config(node):
+                    OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as error:  # e.g. epochs=${oops}
         raise ConfigError(f"the config does not resolve: {one_line(error)}") from None
     _refuse_unknown_keys(cfg)

@@ -1,5 +1,5 @@
 """Failed and diverged runs are not successes: exit status 3, a true message, status failed or diverged
-(issue 13, item 6). The MLP without HAM at lr 10 / 3 / 1 explodes in a few steps: to NaN in epoch 1, to a
+(issue 13, item 6). The MLP without HAM at lr 10 / 3 / 1.5 explodes in a few steps: to NaN in epoch 1, to a
 finite 1e15 loss at chance accuracy in epoch 1, to NaN in epoch 2 after a finite epoch 1."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_a_nan_loss_before_any_checkpoint_fails_and_says_nothing_is_kept(tmp_pat
 
 def test_a_nan_loss_after_a_good_epoch_names_the_checkpoint_that_is_kept(tmp_path):
     run_dir = tmp_path / "run"
-    result = run(run_dir, "epochs=2", "optimizer.lr=1", "divergence_factor=null")
+    result = run(run_dir, "epochs=2", "optimizer.lr=1.5", "divergence_factor=null")
     assert result.returncode == 3
     assert last_line(result.stderr) == (f"error: non-finite training loss at epoch 2, step 9 of 9: nan; the run "
                                         f"stops; its last good checkpoint (the end of epoch 1) is kept in {run_dir}")

@@ -164,7 +164,7 @@ def sign_flip_study(paths: list[Path], out: Path) -> dict:
     found_readings = readings(found)
     out = Path(out)
     atomic_io.write_csv(out / "study.csv", header, rows)
-    atomic_io.write_text(out / "tables.md", render(header, rows, found_readings), mode=atomic_io.READABLE)
-    atomic_io.write_json(out / "readings.json", found_readings, mode=atomic_io.READABLE)
+    atomic_io.write_text(out / "tables.md", render(header, rows, found_readings))
+    atomic_io.write_json(out / "readings.json", found_readings)
     atomic_io.savefig(out / "sign_flips_vs_alpha.png", figure(found), dpi=120)
     return found_readings

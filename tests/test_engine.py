@@ -274,13 +274,17 @@ RESUME_CASES = {
     "acdc_signin": ["sparsifier.inner.dense_warmup=0.125", "sparsifier.inner.compressed_length=0.25",
                     "sparsifier.inner.decompressed_length=0.125", "sparsifier.inner.final_compressed_length=0.25"],
     "str": ["sparsifier.s_init=-3.0", "sparsifier.projection_at=0.75"],
+    # the taxonomy: schedules and rounds are fractions of the run, so most need no override to act in 32 steps
+    "snip": [], "synflow": ["sparsifier.rounds=10"], "gmp": [], "imp": [], "lrr": [],
+    "set": ["sparsifier.update_interval=3"], "mest": [], "cs": [], "spred": ["sparsifier.prune_at=0.75"], "nm": [],
 }
+NO_SPARSITY_KEY = {"dense", "nm"}  # nm's sparsity is 1 - n/m
 
 
 def run_config(method, *extra):
     overrides = [f"sparsifier={method}", "dataset.subset=512", "batch_size=64", "epochs=4", "progress=false",
                  "log_every=4", "ham.diagnostics=true", *RESUME_CASES[method], *extra]
-    if method != "dense":
+    if method not in NO_SPARSITY_KEY:
         overrides.append("sparsifier.sparsity=0.8")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -290,23 +294,88 @@ def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
+WHOLE_RUNS: dict[str, tuple[dict, Path]] = {}  # method -> (summary, run dir) of its uninterrupted run
+
+
+def uninterrupted(method, tmp_path_factory):
+    """One uninterrupted run per method, shared by the two resume tests (checkpoints never change a number)."""
+    if method not in WHOLE_RUNS:
+        run_dir = tmp_path_factory.mktemp(f"whole_{method}")
+        WHOLE_RUNS[method] = run_experiment(run_config(method, "checkpoint_every_steps=3"), run_dir), run_dir
+    return WHOLE_RUNS[method]
+
+
 @pytest.mark.parametrize("method", list(RESUME_CASES))
-def test_in_process_resume_mid_schedule_matches_the_uninterrupted_run(tmp_path, method):
-    whole = run_experiment(run_config(method), tmp_path / "whole")
+def test_in_process_resume_mid_schedule_matches_the_uninterrupted_run(tmp_path, tmp_path_factory, method):
+    whole, whole_dir = uninterrupted(method, tmp_path_factory)
     part = run_experiment(run_config(method, "stop_after_epochs=2"), tmp_path / "part")
     assert (whole["status"], part["status"]) == ("completed", "stopped")
     cfg = run_config(method)
     cfg.resume = str(tmp_path / "part")
     resumed = run_experiment(cfg, tmp_path / "part")
     assert resumed["status"] == "completed"
-    rows = lambda name: without_timing(json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open())  # noqa: E731
-    assert rows("part") == rows("whole")
+    rows = lambda run_dir: without_timing(json.loads(line) for line in (run_dir / "metrics.jsonl").open())  # noqa: E731
+    assert rows(tmp_path / "part") == rows(whole_dir)
     for key in ("sign_flips_total", "train_flops", "train_flops_measured", "final_test_acc", "final_sparsity"):
         assert resumed[key] == whole[key], key
-    whole_state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    whole_state = torch.load(whole_dir / "checkpoint.pt", weights_only=True)
     part_state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
     assert json.dumps(whole_state["sparsifier"], default=str) == json.dumps(part_state["sparsifier"], default=str)
     for key, value in whole_state["model"].items():
         assert torch.equal(value, part_state["model"][key]), key
     if method == "rigl":
         assert whole_state["sparsifier"]["updates_done"] == 7  # steps 3, ..., 21: five before the stop, two after
+
+
+# ---- mid-epoch: a stop signal in the middle of epoch 2, for every method ----------------------------
+# The signal is recorded as the handler would record it (StopSignals.signum), at a fixed step, so the
+# stop is deterministic; the trainer then writes the step's checkpoint and ends the run as interrupted.
+STOP_AT_STEP = 13  # epoch 2, step 5 of 8; checkpoints every 3 steps as well, so restored state is mid-interval
+
+
+def test_the_mid_epoch_cases_cover_the_registry():
+    from sparsifiers import available_sparsifiers
+    assert set(available_sparsifiers()) <= set(RESUME_CASES), set(available_sparsifiers()) - set(RESUME_CASES)
+
+
+@pytest.mark.parametrize("method", list(RESUME_CASES))
+def test_a_stop_signal_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, tmp_path_factory, method,
+                                                                           monkeypatch):
+    import signal
+
+    import ham_bench.engine.trainer as trainer_module
+    from ham_bench.engine.preemption import StopSignals
+    from cli_runs import HAM_DIAGNOSTICS
+
+    whole, whole_dir = uninterrupted(method, tmp_path_factory)
+    stop = StopSignals()
+    real_step = trainer_module.train_step
+
+    def step_then_signal(*args, **kwargs):
+        record = real_step(*args, **kwargs)
+        if args[5] + 1 == STOP_AT_STEP:  # train_step(model, optimizer, sparsifier, x, y, step, ...)
+            stop.signum = signal.SIGTERM
+        return record
+
+    with monkeypatch.context() as patch, stop:
+        patch.setattr(trainer_module, "train_step", step_then_signal)
+        part = run_experiment(run_config(method, "checkpoint_every_steps=3"), tmp_path / "part", stop=stop)
+    assert part["status"] == "interrupted", part
+    state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["progress"]["step"]) == (1, STOP_AT_STEP - 8)
+    cfg = run_config(method, "checkpoint_every_steps=3")
+    cfg.resume = str(tmp_path / "part")
+    resumed = run_experiment(cfg, tmp_path / "part")
+    assert resumed["status"] == "completed"
+
+    def rows(run_dir):
+        return [{k: v for k, v in row.items() if k not in TIMING and not (epoch == 2 and k in HAM_DIAGNOSTICS)}
+                for epoch, row in enumerate(map(json.loads, (run_dir / "metrics.jsonl").open()), start=1)]
+
+    assert rows(tmp_path / "part") == rows(whole_dir)
+    for key in ("sign_flips_total", "train_flops", "train_flops_measured", "final_test_acc", "final_sparsity"):
+        assert resumed[key] == whole[key], key
+    whole_state = torch.load(whole_dir / "checkpoint.pt", weights_only=True)
+    part_state = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    for key, value in whole_state["model"].items():
+        assert torch.equal(value, part_state["model"][key]), key

@@ -70,6 +70,18 @@ def _export_submitit_environment() -> bool:
     return True
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher set it, before any process group exists (0 for a plain run)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        with contextlib.suppress(ImportError, KeyError, RuntimeError):
+            import submitit
+
+            return int(submitit.JobEnvironment().global_rank)
+    return 0
+
+
 def launched() -> bool:
     """Whether this process was started as one rank of a data-parallel run (torchrun or submitit)."""
     return "WORLD_SIZE" in os.environ or _export_submitit_environment()

@@ -2,7 +2,8 @@
 
     python -m ham_bench.export RUN_DIR [--out FILE] [--eval]
 
-reads ``RUN_DIR/checkpoint.pt``, writes ``RUN_DIR/model_sparse.npz`` (or
+reads ``RUN_DIR/checkpoint.pt`` (``engine.checkpoint.load_checkpoint``: weights
+only, format-stamped, so a crafted file is refused, never run), writes ``RUN_DIR/model_sparse.npz`` (or
 FILE) and ``RUN_DIR/export_report.json``, checks that the reloaded model
 gives bit-identical logits, and prints the file sizes next to the dense
 model and the checkpoint. ``--eval`` also recomputes the test accuracy
@@ -205,11 +206,13 @@ def restore_run(run_dir, build: Builder | None = None, model_args: Mapping | Non
     """The trained model and its sparsifier as the run left them: ``(model, sparsifier, cfg, model_args)``."""
     from sparsifiers import TrainingContext, build_sparsifier
 
+    from ham_bench.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
     run_dir = Path(run_dir)
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / CHECKPOINT_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt in that run dir")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT_NAME} in that run dir")
+    checkpoint = load_checkpoint(path, required=("model",))  # weights_only, format-stamped: never runs code
     cfg = _run_config(run_dir, checkpoint)
     checkpoint["model"] = _strip_module_prefix(checkpoint["model"])
     args = resolve_model_args(cfg, checkpoint, model_args)
@@ -218,8 +221,12 @@ def restore_run(run_dir, build: Builder | None = None, model_args: Mapping | Non
     context = TrainingContext(epochs=int(cfg.get("epochs", 1)),
                               steps_per_epoch=int(checkpoint.get("steps_per_epoch", 1)), seed=int(cfg.get("seed", 0)))
     sparsifier.attach(model, context)
-    model.load_state_dict(checkpoint["model"])
-    sparsifier.load_state_dict(checkpoint.get("sparsifier", {}))
+    try:
+        model.load_state_dict(checkpoint["model"])
+        sparsifier.load_state_dict(checkpoint.get("sparsifier", {}))
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path}: does not fit the model its config describes ({type(error).__name__}: "
+                         f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''})") from None
     return model.eval(), sparsifier, cfg, args
 
 
@@ -286,7 +293,7 @@ def export_run(run_dir, out=None, build: Builder | None = None, model_args: Mapp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ham_bench.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ham-bench export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--out", default=None, help=f"output file (default: RUN_DIR/{EXPORT_NAME})")
     parser.add_argument("--eval", action="store_true", help="recompute the test accuracy from the exported file")
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = export_run(options.run_dir, options.out, model_args=explicit, evaluate=options.eval,
                             device=options.device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ConfigError (a bad checkpoint or config) is a ValueError
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     mib = 1024 * 1024

@@ -1,7 +1,10 @@
 """Run outputs: metrics.jsonl (one row per epoch) and, optionally, wandb.
 
 metrics.jsonl is rewritten atomically after each epoch, so it always holds
-whole rows; on resume the rows past the checkpoint's epoch are dropped.
+whole rows. A new run never reads an old file; a resumed run keeps the rows
+up to its checkpoint's epoch (the rows after it, e.g. of an epoch that
+diverged, are dropped at the next write), and a line that is not JSON is
+refused with one line naming the file and the line.
 wandb runs offline unless the user chose a mode (config key or WANDB_MODE).
 """
 
@@ -13,13 +16,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ham_bench import atomic_io
+from sparsifiers.config import ConfigError
 
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, cfg: DictConfig, keep_epochs: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.rows = [row for row in atomic_io.read_jsonl(self.path) if row.get("epoch", 0) <= keep_epochs]
-        atomic_io.write_jsonl(self.path, self.rows)
+        self.rows = []
+        if keep_epochs:
+            try:
+                rows = atomic_io.read_jsonl(self.path)
+            except ValueError as error:
+                raise ConfigError(f"{error}; resume needs the rows of the epochs done (fix or remove that line)"
+                                  ) from None
+            self.rows = [row for row in rows if row.get("epoch", 0) <= keep_epochs]
         self.wandb_run = None
         wandb_cfg = cfg.logger.get("wandb", {})
         if wandb_cfg.get("enabled", False):

@@ -52,7 +52,7 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """``np.savez_compressed`` to ``path``, atomically."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_io._atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
+    atomic_io.write_bytes(Path(path), buffer.getvalue())
 
 
 def save_masks(path, masks: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> int:

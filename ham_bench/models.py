@@ -110,13 +110,32 @@ def timm_model(name: str | None, num_classes: int, in_channels: int, image_size:
         kwargs = OmegaConf.to_container(kwargs, resolve=True)
     kwargs = dict(kwargs or {})
     common = dict(pretrained=bool(pretrained), num_classes=num_classes, in_chans=in_channels)
+    model = None
     if "img_size" not in kwargs:
         try:
-            return timm.create_model(name, img_size=image_size, **common, **kwargs)
+            model = timm.create_model(name, img_size=image_size, **common, **kwargs)
         except TypeError as exc:  # the model's constructor has no img_size
             if "img_size" not in str(exc):
                 raise
-    return timm.create_model(name, **common, **kwargs)
+    model = model if model is not None else timm.create_model(name, **common, **kwargs)
+    _check_patch_grid(model, name, image_size)
+    return model
+
+
+def _check_patch_grid(model: nn.Module, name: str, image_size: int) -> None:
+    """Refuse a patch embedding that cannot see the whole image (e.g. 16x16 patches of a 28x28 image)."""
+    embed = getattr(model, "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    if patch is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+    if any(image_size % p for p in patch):
+        divisors = [d for d in range(2, image_size) if image_size % d == 0] or [1]
+        raise ConfigError(
+            f"model.timm_name={name} cuts {image_size}x{image_size} images into {patch[0]}x{patch[1]} patches: "
+            f"{image_size} is not a multiple of {patch[0]}, so {image_size % patch[0]} pixel rows and columns "
+            f"would never be seen; set model.kwargs.patch_size to a divisor of {image_size} "
+            f"(e.g. {', '.join(map(str, divisors[:3]))})")
 
 
 MODEL_KEYS = {"mlp": ("hidden",), "cnn": ("channels", "batch_norm"), "resnet18_cifar": ("zero_init_residual",),
@@ -148,6 +167,9 @@ def model_settings(cfg: Mapping) -> dict:
     if name == "timm":
         import timm
 
+        kwargs = cfg.get("kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(f"model.kwargs must be a mapping of create_model arguments, got {kwargs!r}")
         if not isinstance(cfg.get("timm_name"), str) or not timm.is_model(cfg["timm_name"]):
             raise ConfigError(f"model.timm_name must be a timm model name, e.g. resnet18 or vit_tiny_patch16_224 "
                               f"(got {cfg.get('timm_name')!r}; see timm.list_models())")

@@ -1,10 +1,16 @@
 """One experiment from a composed config: build data, model, sparsifier, optimizer, train, summarize.
 
 Outputs in the run dir (the contract scripts rely on): ``.hydra/`` (written by
-Hydra), ``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (every epoch)
-and ``summary.json`` (at the end, ``status`` "completed" or "failed"). All are
-written atomically. ``resume=<run dir>`` continues a run in its own dir from
-its checkpoint, with the config stored there.
+Hydra), ``metrics.jsonl`` (one row per epoch), ``checkpoint.pt`` (every epoch,
+and inside epochs by ``checkpoint_every_*`` or a stop signal) and
+``summary.json`` (at the end). All are written atomically. ``status`` is one
+of ``STATUSES``: ``completed``; ``stopped`` (``stop_after_epochs``);
+``interrupted`` (a signal: a checkpoint of the step it reached was written);
+``failed`` (a non-finite loss or weight, or a file that could not be written);
+``diverged`` (``engine.health``'s rule). ``error`` says what happened and
+where the last good checkpoint is, if there is one. ``resume=<run dir>``
+continues a run in its own dir from its checkpoint, with the config stored
+there (``engine.resume``).
 
 Data parallel (launched by torchrun or a multi-task SLURM job, see
 ``ham_bench.distributed``): every rank builds the same run, the sparsifier
@@ -26,19 +32,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ham_bench import atomic_io, distributed
-from ham_bench.data import build_datasets, build_loader
+from ham_bench.data import build_datasets, build_loader, seeded_batches
 from ham_bench.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ham_bench.engine.trainer import NonFiniteLossError, Trainer, TrainerSettings
+from ham_bench.engine.health import DivergedError, NonFiniteLossError
+from ham_bench.engine.preemption import Interrupted, StopSignals, signal_name
+from ham_bench.engine.progress import CheckpointSchedule
+from ham_bench.engine.trainer import Trainer, TrainerSettings
 from ham_bench.loggers import MetricsLogger
 from ham_bench.metrics import build_meters
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
+from ham_bench.provenance import provenance
 from ham_bench.schedule import build_scheduler
 from sparsifiers import build_sparsifier
 from sparsifiers.base import TrainingContext
 from sparsifiers.config import ConfigError
 
 log = logging.getLogger("ham_bench")
+
+STATUSES = ("completed", "stopped", "interrupted", "failed", "diverged")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,20 +86,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
     model = build_model(cfg.model, data.num_classes, data.in_channels, data.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device)
+    context = TrainingContext(epochs=cfg.epochs, steps_per_epoch=len(train_loader), seed=cfg.seed, device=device,
+                              input_shape=(data.in_channels, data.image_size, data.image_size),
+                              sample_batch=seeded_batches(data.train, cfg.batch_size, cfg.seed))
     sparsifier = build_sparsifier(cfg.sparsifier)
     sparsifier.attach(model, context)
+    if distributed.is_main_process():
+        for warning in sparsifier.schedule_warnings():
+            log.warning(warning)
     distributed.broadcast_masks(sparsifier)
     train_model = distributed.wrap_model(model, device, sparsifier)  # the model itself when not distributed
     optimizer = build_optimizer(model, cfg.optimizer, cfg.ham, extra_groups=sparsifier.parameter_groups())
     sparsifier.bind_optimizer(optimizer)
-    scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps)
+    scheduler = build_scheduler(optimizer, cfg.schedule, len(train_loader), context.total_steps,
+                                position=sparsifier.schedule_position)
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
         channels_last=cfg.channels_last, compile=bool(cfg.get("compile", False)), progress=cfg.progress,
         log_every=cfg.log_every,
         stop_after_epochs=cfg.get("stop_after_epochs"), is_main_process=distributed.is_main_process(),
+        num_classes=data.num_classes, divergence_factor=cfg.get("divergence_factor", 10.0),
         extra_row={"eval_split": data.eval_split_name})
+    schedule = CheckpointSchedule(cfg.get("checkpoint_every_steps"), cfg.get("checkpoint_every_minutes"))
     meters = build_meters(model, sparsifier, optimizer, input_shape=(data.in_channels, data.image_size, data.image_size),
                           batch_size=cfg.batch_size * distributed.world_size(),  # samples per step over all ranks
                           steps_per_epoch=len(train_loader), log_every=cfg.log_every,
@@ -97,7 +117,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
     keep_epochs = resume_state["epoch"] if resume_state is not None else 0
     metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs) if settings.is_main_process else None
     trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, meters, metrics_logger,
-                      run_dir, settings, device, seed=cfg.seed, train_model=train_model,
+                      run_dir, settings, device, seed=cfg.seed, train_model=train_model, schedule=schedule,
                       checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
                                         "model_args": {"num_classes": data.num_classes,
                                                        "in_channels": data.in_channels,
@@ -111,7 +131,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
         log.info(distributed.describe(cfg.batch_size))
     if resume_state is not None:
         trainer.restore(resume_state)
-        log.info("resumed from %s at epoch %d", cfg.resume, trainer.start_epoch)
+        log.info("resumed from %s at %s", cfg.resume, trainer.saved_at)
+        if int(resume_state["config"]["epochs"]) != cfg.epochs:  # extended: the LR from the new plan, from here on
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            log.info("epochs %s -> %d: the LR schedule and the sparsifier's phases are re-planned for %d epochs "
+                     "from here on (the epochs done keep their plan)", resume_state["config"]["epochs"], cfg.epochs,
+                     cfg.epochs)
     return trainer
 
 
@@ -136,42 +162,75 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
                    "ham": cfg.ham.variant if cfg.ham.enabled else "off",
                    "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed},
     }
+    summary["provenance"] = provenance(trainer.device if trainer is not None else None)
+    summary["warnings"] = trainer.sparsifier.schedule_warnings() if trainer is not None else []
     for meter in trainer.meters if trainer is not None else ():
         summary.update(meter.summary())
         summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})
     return summary
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> dict:
-    """Train one run and write summary.json; returns the summary.
+def _outcome(trainer: Trainer, run_dir: Path, error: Exception) -> str:
+    """The error's line, and what is left to continue from (true whether or not a checkpoint exists)."""
+    if trainer.saved_at is None:
+        return f"{error}; the run stops; no checkpoint was written before it, nothing to resume from"
+    return f"{error}; the run stops; its last good checkpoint ({trainer.saved_at}) is kept in {run_dir}"
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    try:
+        atomic_io.write_json(run_dir / "summary.json", summary)
+    except atomic_io.WriteError as error:  # e.g. the disk is full: say so, the run's status is in the log
+        log.error("%s", error)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None,
+                   stop: StopSignals | None = None) -> dict:
+    """Train one run and write summary.json; returns the summary (``status`` one of ``STATUSES``).
 
     Resuming (``cfg.resume``): ``resume_state`` is the checkpoint the caller already read (the CLI reads
-    it for the config), else it is read here, once.
+    it for the config), else it is read here, once. ``stop``: installed signal handlers (the CLI's, so
+    it can hand a preempted job over to submitit afterwards); installed here when not given.
     """
+    if stop is None:
+        with StopSignals() as own:
+            return run_experiment(cfg, run_dir, resume_state, own)
     run_dir = Path(run_dir)
     started = time.perf_counter()
     if resume_state is None and cfg.get("resume"):
         distributed.barrier()  # every rank reads rank 0's checkpoint, once it is written
         resume_state = load_checkpoint(Path(cfg.resume) / CHECKPOINT_NAME)
     trainer = build_trainer(cfg, run_dir, resume_state)
-    status, error = "completed", None
+    trainer.schedule.stop = stop  # the signals the trainer looks at after every step
+    status, error, signum = "completed", None, None
     main = trainer.settings.is_main_process  # only rank 0 writes
     try:
         last_row = trainer.fit()
         if last_row.get("epoch", trainer.start_epoch) < cfg.epochs:
             status = "stopped"  # stop_after_epochs: resumable with resume=<run dir>
-    except NonFiniteLossError as exc:
-        status, error = "failed", str(exc)
-        log.error("%s; the run stops, its last good checkpoint is kept in %s", exc, run_dir)
-    except BaseException as exc:  # record why, then let it propagate (Ctrl-C included)
+    except (NonFiniteLossError, DivergedError, atomic_io.WriteError) as exc:
+        status = "diverged" if isinstance(exc, DivergedError) else "failed"
+        error = _outcome(trainer, run_dir, exc)
+        log.error("%s", error)
+    except Interrupted as exc:
+        status, signum = "interrupted", signal_name(exc.signum)
+        error = (f"{exc}, after writing a checkpoint of that step; the same command (or resume={run_dir}) "
+                 f"continues it")
+        log.warning("%s", error)
+    except BaseException as exc:  # record why, then let it propagate (a second Ctrl-C, a bug)
         if main:
-            summary = summary_of(trainer, cfg, "failed", time.perf_counter() - started, repr(exc))
-            atomic_io.write_json(run_dir / "summary.json", summary)
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            reason = (f"{signal_name(2)} twice: stopped at once; the work since its last checkpoint "
+                      f"({trainer.saved_at or 'none'}) is lost" if interrupted else repr(exc))
+            _write_summary(run_dir, summary_of(trainer, cfg, "interrupted" if interrupted else "failed",
+                                               time.perf_counter() - started, reason))
         raise
     if not main:
-        return {"status": status, "error": error}
+        return {"status": status, "error": error, "signal": signum}
     summary = summary_of(trainer, cfg, status, time.perf_counter() - started, error)
-    atomic_io.write_json(run_dir / "summary.json", summary)
+    if signum is not None:
+        summary["signal"] = signum  # interrupted: which signal
+    _write_summary(run_dir, summary)
     trainer.metrics_logger.finish(summary)
     if status == "completed":
         log.info("done: %s acc %.2f%% (best %.2f%%), sparsity %.4f, %d sign flips, %.0fs -> %s",

@@ -3,13 +3,16 @@
 The schedule is a ``LambdaLR`` stepped once per optimizer step, so epochs can
 be fractional and warm-up is smooth. It is given the optimizer the user sees
 (HAM or SAM wrapper included): their ``param_groups`` are the base
-optimizer's, so HAM reads the scheduled lr of the current step.
+optimizer's, so HAM reads the scheduled lr of the current step. A sparsifier that restarts
+training inside the run (IMP, LRR, CS) moves the position on the schedule:
+step ``t`` runs at ``lr_factor(position(t))`` with ``position =
+sparsifier.schedule_position`` (identity for every other method).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -61,6 +64,8 @@ def lr_factor(step: int, cfg: Mapping, steps_per_epoch: int, total_steps: int) -
     raise ConfigError(f"schedule.name must be one of [{', '.join(SCHEDULES)}], got {name!r}")
 
 
-def build_scheduler(optimizer, cfg: Mapping, steps_per_epoch: int, total_steps: int) -> LambdaLR:
-    """A per-step ``LambdaLR`` following ``cfg`` (see ``configs/schedule/``)."""
-    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch, total_steps))
+def build_scheduler(optimizer, cfg: Mapping, steps_per_epoch: int, total_steps: int,
+                    position: Callable[[int], int] | None = None) -> LambdaLR:
+    """A per-step ``LambdaLR`` following ``cfg`` (see ``configs/schedule/``); step ``t`` at ``position(t)``."""
+    position = position or (lambda step: step)
+    return LambdaLR(optimizer, lambda step: lr_factor(position(step), cfg, steps_per_epoch, total_steps))

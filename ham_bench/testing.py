@@ -4,7 +4,9 @@
     check_sparsifier({"_target_": "my_package.MyMethod", "sparsity": 0.8})   # in the plugin's own tests
 
 trains a small CNN (two convs, two linears, 8x8 inputs) through the real step
-engine (``ham_bench.engine.step.train_step``) and asserts, for the method as
+engine (``ham_bench.engine.step.train_step``), attached with the context the
+trainer gives (``input_shape`` and a seeded ``sample_batch`` included, so
+methods that score data at attach run too), and asserts, for the method as
 configured:
 
 1. under SGD + HAM and under SAM + HAM, after every step, every entry that
@@ -44,9 +46,20 @@ def contract_model() -> nn.Module:
 
 
 def contract_batches(steps: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    sample = contract_sampler(seed)
+    return [sample() for _ in range(steps)]
+
+
+def contract_sampler(seed: int = 1) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded labelled batches of 16 8x8 images, one per call (its own generator: the global RNG never moves)."""
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
-            for _ in range(steps)]
+    return lambda: (torch.randn(16, 1, 8, 8, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+
+
+def contract_context(epochs: int, steps_per_epoch: int, seed: int = 0) -> TrainingContext:
+    """What the trainer gives ``attach``, data included (``input_shape``, ``sample_batch``)."""
+    return TrainingContext(epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed, input_shape=(1, 8, 8),
+                           sample_batch=contract_sampler(seed + 100))
 
 
 def _optimizer(model: nn.Module, sparsifier, kind: str):
@@ -68,8 +81,7 @@ class _Run:
         torch.manual_seed(seed)
         self.model = contract_model()
         self.sparsifier = make()
-        self.sparsifier.attach(self.model, TrainingContext(epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                                           seed=seed))
+        self.sparsifier.attach(self.model, contract_context(epochs, steps_per_epoch, seed))
         self.optimizer = _optimizer(self.model, self.sparsifier, kind)
         self.steps_per_epoch = steps_per_epoch
         self.data = contract_batches(steps_per_epoch)

@@ -77,7 +77,7 @@ def common_overrides(model: str, steps: int, seed: int) -> list[str]:
     model_overrides, batch = MODELS[model]
     return [*model_overrides, "dataset=fake", f"dataset.num_samples={steps * batch}", "dataset.num_classes=10",
             f"batch_size={batch}", "device=cpu", "progress=false", "epochs=1000", f"seed={seed}",
-            "num_workers=0", "logger=jsonl"]
+            "num_workers=0", "logger=jsonl", "checkpoint_every_minutes=null"]
 
 
 class BareLoop:

@@ -23,7 +23,7 @@ from ham_bench.analysis.implicit_bias.experiment import flow_limit_rows, run_exp
 from ham_bench.analysis.implicit_bias.plot import write_plot
 from ham_bench.analysis.implicit_bias.problem import make_problem
 from ham_bench.analysis.implicit_bias.report import aggregate, read_csv, readings, render, write_csv
-from ham_bench.atomic_io import READABLE, write_json, write_text
+from ham_bench.atomic_io import write_json, write_text
 
 SMALL = dict(n=15, d=40, k=2, seeds=[2, 3], alphas=[0, 10, 100], mw_gammas=[1e-6, 1.0], c=1.0, tol=1e-5,
              max_steps=50_000, pred_alphas=[0, 100], pred_mw_gammas=[1e-6], pred_init_scales=[1e-3])
@@ -68,7 +68,7 @@ def reaggregate(out: Path) -> int:
         raise SystemExit(f"error: --readings-only: {out / 'runs.csv'}: {error.strerror}")
     aggs = aggregate(rows)
     write_csv(out / "summary.csv", aggs)
-    write_json(out / "readings.json", readings(rows, aggs), READABLE)
+    write_json(out / "readings.json", readings(rows, aggs))
     return 0
 
 
@@ -87,9 +87,9 @@ def main(argv=None) -> int:
     write_csv(out / "runs.csv", rows)
     write_csv(out / "summary.csv", aggs)
     write_csv(out / "flow_limits.csv", flow_aggs)
-    write_json(out / "readings.json", readings(rows, aggs), READABLE)
+    write_json(out / "readings.json", readings(rows, aggs))
     text = render(args, argv, rows, aggs, flow_aggs, wall)
-    write_text(out / "table.md", text, READABLE)
+    write_text(out / "table.md", text)
     if not args.no_plot:
         prob = make_problem(args.n, args.d, args.k, args.seeds[0], args.init_scale)
         write_plot(out / "implicit_bias.png", aggs, flow_aggs, traces, prob, args)

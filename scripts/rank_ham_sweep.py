@@ -19,7 +19,7 @@ from pathlib import Path
 from ham_bench.analysis.ranking import rank, ranking_readings, render
 from ham_bench.analysis.report import make_tables
 from ham_bench.analysis.runs_csv import load_runs
-from ham_bench.atomic_io import READABLE, write_text
+from ham_bench.atomic_io import write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(source, entries, off)
     # every group, and every run that did not complete; the ranking's figures go into readings.json
     make_tables(paths, out=args.out, from_csv=args.from_csv, extra_readings={"ranking": ranking_readings(entries, off)})
-    write_text(args.out / "ranking.md", text, READABLE)
+    write_text(args.out / "ranking.md", text)
     print(text, end="")
     return 0
 

@@ -5,9 +5,16 @@
 
 ``sparsifiers.base`` is the contract (the hooks, when each runs, the declared
 properties), ``sparsifiers.masked`` the machinery of masked methods,
-``sparsifiers.masks`` the exact-count top-k, ``sparsifiers.selection`` the
-layer selection, ``sparsifiers.optimizer_state`` what a method may do to
-optimizer state, and ``sparsifiers.registry`` how third-party methods plug in.
+``sparsifiers.masks`` the exact-count top-k (unstructured and N:M),
+``sparsifiers.selection`` the layer selection, ``sparsifiers.optimizer_state``
+what a method may do to optimizer state, and ``sparsifiers.registry`` how
+third-party methods plug in. Shared by families of methods:
+``sparsifiers.budget`` (exact-count masks over global / per-layer / N:M
+units: SNIP, SynFlow, GMP, IMP, LRR, CS), ``sparsifiers.pai`` (pruning at
+initialization), ``sparsifiers.dst`` (the one DST update path of RigL, SET,
+MEST), ``sparsifiers.rounds`` (rounds inside one run: IMP, LRR, CS) and
+``sparsifiers.reparameterization`` (computed weights: STR, Sign-In, PILoT,
+CS, spred).
 """
 
 from sparsifiers.base import Sparsifier, TrainingContext, sparsity_report

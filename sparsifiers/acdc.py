@@ -93,6 +93,19 @@ class ACDCSparsifier(MaskedSparsifier):
                              "cycles": cycles, "alternation_end": warmup + cycles * (compressed + decompressed),
                              "final_start": final_start, "total": total}
 
+    def schedule_warnings(self) -> list[str]:
+        warnings, b = [], self.phase_bounds
+        for key in ("compressed_length", "decompressed_length", "final_compressed_length"):
+            steps = self.lengths[key] * (self.context.steps_per_epoch if self.schedule_unit == "epochs"
+                                         else self.context.total_steps)
+            if 0 < steps < 1:
+                warnings.append(f"acdc: sparsifier.{key}={self.lengths[key]:g} is {steps:.2f} steps in this run; "
+                                f"{'it is stretched to 1 step' if key != 'decompressed_length' else 'it vanishes'}")
+        if b["cycles"] == 0:
+            warnings.append(f"acdc: no compressed/decompressed cycle fits between the warm-up (step {b['warmup_end']}) "
+                            f"and the final phase (step {b['final_start']}): the run is dense, then compressed once")
+        return warnings
+
     def phase_at(self, step: int) -> str:
         """The phase step ``step`` (0-based) runs in."""
         b = self.phase_bounds

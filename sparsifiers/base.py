@@ -15,8 +15,31 @@ and ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch, stats)`` around each
 epoch (``stats``: the epoch's training metrics, e.g. ``train_acc``). Every
 step calls ``before_step`` and ``after_step``, skipped optimizer steps
 included. Set-up, once: ``attach(model, context)`` (select layers, build
-masks; before the optimizer exists), ``parameter_groups()`` (optimizer
-settings for parameters the method adds), ``bind_optimizer(optimizer)``.
+masks, add parameters; before the optimizer exists), ``parameter_groups()``
+(optimizer settings for parameters the method adds, e.g. ``"ham": False`` to
+keep HAM off them), ``bind_optimizer(optimizer)``.
+
+What ``attach`` may read (``TrainingContext``): the run's length (``epochs``,
+``steps_per_epoch``), ``seed`` and ``device``; ``input_shape``, one sample's
+shape (SynFlow's data-free scoring); and ``sample_batch``, a callable that
+returns the next labelled training batch ``(inputs, labels)`` on the CPU,
+drawn by its own generator seeded from the run's seed, so the global RNG
+never moves and every DDP rank and a resumed run draw the same batches (SNIP
+scores one). Both are None in contexts without data (export, scripts that
+only print densities): a method that needs them says so.
+
+Restarts inside one run (IMP, LRR, CS): ``schedule_position(step)`` is the
+position on the run's LR schedule at which optimizer step ``step`` runs
+(default ``step``; the run's ``LambdaLR`` reads ``lr_factor(schedule_position(step), ...)``,
+``ham_bench.schedule``), and ``rewinds_weights(step)`` is True when that
+step's ``after_step`` restored weights from a snapshot, so meters that
+compare consecutive steps (sign flips) restart from the restored weights
+instead of counting the jump (default False).
+
+Randomness: everything a method draws (masks, growth, batch choice) comes
+from ``generator()`` (the method's seed) or ``step_generator(step, device,
+salt)`` (the seed, the step and a salt such as the layer's index), never
+from the global RNG.
 
 Gradients under SAM (a convention for every method): ``before_step`` sees the
 gradient of the step's first backward, at the current (unperturbed)
@@ -44,9 +67,13 @@ What other modules need to know is declared, never guessed:
   before the optimizer step instead of inside the optimizer's kernels, which
   compare each weight before and after its update and would count a weight
   pruned afterwards. Default: where ``trains_dense`` changes between ``step``
-  and ``step + 1``. A method that changes masks in ``after_step`` elsewhere
-  must say so; the engine raises if the masks handed over below change in an
+  and ``step + 1``, and where ``rewinds_weights(step)``. A method that changes
+  masks in ``after_step`` elsewhere (GMP, SET, MEST, IMP/LRR round ends) must
+  say so; the engine raises if the masks handed over below change in an
   undeclared ``after_step``.
+- ``schedule_warnings()``: after ``attach``, what this run's length keeps the
+  method from doing (no DST update, an AC/DC phase shorter than a step, no
+  fine-tuning after a projection); logged and recorded in summary.json.
 
 Masks handed to the optimizer (the engine's bookkeeping, ``ham_bench.engine.bookkeeper``):
 ``optimizer_masks()`` gives the ``(tensor, mask)`` pairs an optimizer may
@@ -73,7 +100,7 @@ A sparsifier knows nothing of HAM: it sees the optimizer only through
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +122,8 @@ class TrainingContext:
     steps_per_epoch: int
     seed: int = 0
     device: torch.device | str = "cpu"
+    input_shape: tuple[int, ...] | None = None  # one sample's shape, e.g. (1, 28, 28); None: unknown
+    sample_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None  # next seeded training batch
 
     @property
     def total_steps(self) -> int:
@@ -103,7 +132,7 @@ class TrainingContext:
 
 @register_sparsifier("dense")
 class Sparsifier:
-    """Base class and the ``dense`` method: no masking at all.
+    """No masking: the dense baseline, and the base class of every method.
 
     Constructor keywords are the layer selection (``sparsifiers.selection``):
     ``sparsity``, ``distribution``, ``dense_first``, ``dense_last``,
@@ -162,8 +191,22 @@ class Sparsifier:
     def trains_dense(self, step: int) -> bool:
         return True  # no masks; MaskedSparsifier says False
 
+    def schedule_position(self, step: int) -> int:
+        """Position on the run's LR schedule at which optimizer step ``step`` runs (restarts rewind it)."""
+        return step
+
+    def schedule_warnings(self) -> list[str]:
+        """After ``attach``: one line for each way this run's length keeps the method from doing what it is
+        (e.g. RigL with no mask update in the run); the run logs them and summary.json records them."""
+        return []
+
+    def rewinds_weights(self, step: int) -> bool:
+        """True when ``after_step(step)`` restored the weights from a snapshot (IMP's weight rewinding)."""
+        return False
+
     def changes_masks_after_step(self, step: int) -> bool:
-        return self.trains_dense(step) != self.trains_dense(step + 1)
+        """True when ``after_step(step)`` may change ``masks()`` (module docstring: the engine's flip count)."""
+        return self.trains_dense(step) != self.trains_dense(step + 1) or self.rewinds_weights(step)
 
     # ---- per step ----------------------------------------------------------------------
     def mask_gradients(self) -> None:
@@ -220,8 +263,17 @@ class Sparsifier:
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with ``seed`` (or the run's seed): masks never touch the global RNG."""
+        return torch.Generator().manual_seed(self._seed())
+
+    def step_generator(self, step: int, device: torch.device | str = "cpu", salt: int = 0) -> torch.Generator:
+        """A generator on ``device`` seeded from the method's seed, ``step`` and ``salt`` (e.g. a layer's index):
+        what a method draws at a step depends on nothing else, so DDP ranks and resumed runs draw the same."""
+        seed = ((self._seed() * 1_000_003 + int(step)) * 10_007 + int(salt)) % (2 ** 63)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def _seed(self) -> int:
         seed = self.selection.seed if self.selection.seed is not None else (self.context.seed if self.context else 0)
-        return torch.Generator().manual_seed(int(seed))
+        return int(seed)
 
 
 def sparsity_report(sparsifier: Sparsifier, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:

@@ -119,14 +119,15 @@ class MaskedSparsifier(Sparsifier):
         self.mask_by_name = dict(masks)
         if self.mask_by_name and self.selection.distribution == "global":  # device tensors: no sync here
             self.chosen_densities = {key: mask.float().mean() for key, mask in self.mask_by_name.items()}
-        self._mask_tensors()
+        self.apply_masks()  # a subclass's apply_masks (spred: both factors); new masks are never skipped
         if reset_pruned_state:
             for key, mask in self.mask_by_name.items():
                 self.tensors.reset_entries(self.optimizer, key, keep=mask)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Re-mask after the optimizer step; masks the optimizer applied in this step are in force already."""
+        """Re-mask; skips a mask the optimizer applied in this step (the same object, unchanged since): in
+        force already."""
         applied = self.masks_applied_by_optimizer
         self._mask_tensors(skip={key for key, seen in applied.items() if seen is not None
                                  and seen[0] is self.mask_by_name.get(key) and seen[0]._version == seen[1]})
@@ -181,4 +182,4 @@ class MaskedSparsifier(Sparsifier):
         self.mask_by_name = {key: mask.to(self.tensors.get(key).device, torch.bool)
                              for key, mask in state["masks"].items()}
         self.chosen_densities = {key: torch.as_tensor(value) for key, value in state["chosen_densities"].items()}
-        self._mask_tensors()
+        self.apply_masks()

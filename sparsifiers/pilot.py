@@ -11,7 +11,6 @@ from magnitude pruning of m * w at the end.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -21,7 +20,8 @@ from sparsifiers.base import sparsity_report
 from sparsifiers.config import ConfigError, number
 from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import FactorTensors, add_product, pin_masked_factors, projection_masks
+from sparsifiers.reparameterization import (FactorTensors, add_product, epoch_at, late_event_warnings,
+                                            pin_masked_factors, projection_masks)
 
 log = logging.getLogger("ham_bench")
 
@@ -155,11 +155,13 @@ class PILoT(MaskedSparsifier):
         for group in self.decay_groups():
             group["weight_decay"] = self.alpha
 
+    def schedule_warnings(self) -> list[str]:
+        return late_event_warnings(self.name, "prune_at", self.prune_at, self.context.epochs)
+
     @property
     def prune_epoch(self) -> int:
         """1-based epoch at whose end m * w is pruned."""
-        epochs = self.context.epochs
-        return max(1, min(epochs, int(math.floor(self.prune_at * epochs + 1e-9))))
+        return epoch_at(self.prune_at, self.context.epochs)
 
     # ---- per step ----------------------------------------------------------------
     def after_step(self, step: int) -> None:

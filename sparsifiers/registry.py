@@ -42,6 +42,16 @@ BUILTIN_MODULES: dict[str, str] = {
     "str": "sparsifiers.str",
     "signin": "sparsifiers.signin",
     "pilot": "sparsifiers.pilot",
+    "snip": "sparsifiers.snip",
+    "synflow": "sparsifiers.synflow",
+    "gmp": "sparsifiers.gmp",
+    "imp": "sparsifiers.imp",
+    "lrr": "sparsifiers.imp",
+    "nm": "sparsifiers.nm",
+    "cs": "sparsifiers.cs",
+    "spred": "sparsifiers.spred",
+    "set": "sparsifiers.set",
+    "mest": "sparsifiers.mest",
 }
 
 _REGISTRY: dict[str, type] = {}

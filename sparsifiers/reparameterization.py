@@ -11,12 +11,15 @@ reports, sign-flip counts, evaluation, export) then sees the computed weight,
 with no stale copy kept between forwards, and it works for any module type.
 
 Also here: ``FactorTensors`` (what a masked method masks on an m * w layer),
+``OriginalTensors`` (the raw W under a one-tensor parametrization: STR, CS),
 the exact-count magnitude projection used by STR's final projection and
 PILoT's final pruning, and helpers that turn a reparameterized
 model back into a plain one (``plain_state_dict``, ``remove_reparameterizations``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -29,28 +32,35 @@ from sparsifiers.optimizer_state import reset_entries
 
 # ---- theta = m * w -----------------------------------------------------------------
 def balanced_factors(theta: torch.Tensor, gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(m, w) with m * w = theta and m^2 - w^2 = gamma, m > 0 (w carries the sign).
+    """(m, w) with m * w = theta and m^2 - w^2 = gamma, m >= 0 (w carries the sign).
 
     ``m = sqrt((gamma + sqrt(gamma^2 + 4 theta^2)) / 2)``, ``w = theta / m``;
-    theta = 0 gives m = sqrt(gamma), w = 0 exactly.
+    theta = 0 gives m = sqrt(gamma), w = 0 exactly. gamma = 0 is spred's
+    split ``m = sqrt|theta|``, ``w = sign(theta) sqrt|theta|`` (0, 0 at theta = 0).
     """
     m = torch.sqrt((gamma + torch.sqrt(gamma * gamma + 4.0 * theta * theta)) / 2.0)
-    return m, theta / m
+    if gamma > 0:
+        return m, theta / m
+    return m, torch.where(m > 0, theta / m, torch.zeros_like(theta))
 
 
 class ProductWeight(nn.Module):
-    """Parametrization ``weight = m * w``; registering it splits the current weight into balanced factors."""
+    """Parametrization ``weight = m * w``; registering it splits the current weight into factors at ``gamma``."""
+
+    def __init__(self, gamma: float = 1.0):
+        super().__init__()
+        self.gamma = gamma
 
     def forward(self, m: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return m * w
 
     def right_inverse(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return balanced_factors(theta.detach(), 1.0)
+        return balanced_factors(theta.detach(), self.gamma)
 
 
-def add_product(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
-    """Reparameterize ``layer.weight`` as m * w (balanced, gamma = 1); returns the new (m, w) parameters."""
-    parametrize.register_parametrization(layer, "weight", ProductWeight())
+def add_product(layer: nn.Module, gamma: float = 1.0) -> tuple[nn.Parameter, nn.Parameter]:
+    """Reparameterize ``layer.weight`` as m * w (m^2 - w^2 = gamma, 1: balanced); returns the new (m, w)."""
+    parametrize.register_parametrization(layer, "weight", ProductWeight(gamma))
     return product_factors(layer)
 
 
@@ -74,6 +84,16 @@ class FactorTensors(MaskedTensors):
     def reset_entries(self, optimizer, key: str, keep: torch.Tensor | None = None) -> None:
         for tensor in self.factors.get(key, (super().get(key),)):
             reset_entries(optimizer, tensor, keep)
+
+
+class OriginalTensors(MaskedTensors):
+    """What a method masks on a layer whose weight one parametrization computes from W (STR, CS): the raw W."""
+
+    def get(self, key: str) -> torch.Tensor:
+        layer = self.layers[key.rsplit(".", 1)[0]]
+        if parametrize.is_parametrized(layer, "weight"):
+            return layer.parametrizations.weight.original
+        return layer.weight
 
 
 @torch.no_grad()
@@ -117,6 +137,19 @@ def remove_reparameterizations(model: nn.Module) -> None:
 
 
 # ---- exact-count magnitude projection ---------------------------------------------------------
+def epoch_at(fraction: float, epochs: int) -> int:
+    """1-based epoch at whose end an event placed at ``fraction`` of training happens (at least 1)."""
+    return max(1, min(epochs, int(math.floor(fraction * epochs + 1e-9))))
+
+
+def late_event_warnings(name: str, key: str, fraction: float, epochs: int) -> list[str]:
+    """A warning when a projection meant to leave fine-tuning epochs (fraction < 1) lands on the run's last epoch."""
+    if fraction < 1.0 and epoch_at(fraction, epochs) == epochs:
+        return [f"{name}: sparsifier.{key}={fraction:g} falls at the end of the last epoch of this {epochs}-epoch "
+                f"run, so the fixed mask gets no fine-tuning; run more epochs or lower sparsifier.{key}"]
+    return []
+
+
 @torch.no_grad()
 def projection_masks(sparsifier, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Exact-count masks keeping the largest ``scores`` of a ``MaskedSparsifier``'s masked layers.

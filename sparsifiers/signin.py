@@ -34,10 +34,15 @@ SHARED_KEYS = ("sparsity", "distribution", "dense_first", "dense_last", "power_s
 class SignIn(Sparsifier):
     """Sign-In (NeurIPS 2025) over an inner masked method; ``sparsifier=signin`` is Random PaI + Sign-In.
 
-    Composition: ``inner`` names the method that owns the masks (``random``,
-    ``acdc``, ``rigl`` or ``dense``; a name, or a mapping such as the
-    method's own config with ``name``/``_target_``) and ``inner_kwargs`` adds
-    keyword arguments for it. The shared keys ``sparsity``, ``distribution``,
+    Composition: ``inner`` names the method that owns the masks (any masked
+    method: ``random``, ``acdc``, ``rigl``, ``snip``, ``synflow``, ``gmp``,
+    ``imp``, ``lrr``, ``set``, ``mest``, or ``dense``; a name, or a mapping
+    such as the method's own config with ``name``/``_target_``) and
+    ``inner_kwargs`` adds keyword arguments for it. Methods that
+    reparameterize their weights themselves (``str``, ``pilot``, ``cs``,
+    ``spred``, ``nm``) are refused with a ConfigError naming ``sparsifier.inner``.
+    The inner method's LR position and weight rewinds (IMP, LRR) pass
+    through ``schedule_position`` / ``rewinds_weights``. The shared keys ``sparsity``, ``distribution``,
     ``dense_first``, ``dense_last``, ``power_scale`` and ``seed`` set on
     Sign-In (not None) override the inner method's, so
     ``sparsifier.sparsity=0.8`` reaches it. Every hook delegates to the inner
@@ -143,6 +148,15 @@ class SignIn(Sparsifier):
 
     def trains_dense(self, step: int) -> bool:
         return self.inner.trains_dense(step)
+
+    def schedule_warnings(self) -> list[str]:
+        return self.inner.schedule_warnings()
+
+    def schedule_position(self, step: int) -> int:
+        return self.inner.schedule_position(step)
+
+    def rewinds_weights(self, step: int) -> bool:
+        return self.inner.rewinds_weights(step)
 
     # ---- per step ----------------------------------------------------------------
     def mask_gradients(self) -> None:
@@ -253,5 +267,6 @@ def build_inner(inner, inner_kwargs: Mapping[str, Any] | None, shared: Mapping[s
         built = build_sparsifier(cfg)
     if built.reparameterizes_weights:
         raise ConfigError(f"sparsifier.inner={getattr(built, 'name', inner)!r} reparameterizes its weights itself; "
-                         "Sign-In composes with masked methods (random, acdc, rigl) or dense")
+                         "Sign-In composes with masked methods (random, acdc, rigl, snip, synflow, gmp, imp, lrr, "
+                         "set, mest) or dense")
     return built

@@ -13,7 +13,6 @@ own weight decay, which is what makes the threshold grow over training.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from sparsifiers.base import sparsity_report
 from sparsifiers.config import number
 from sparsifiers.masked import MaskedSparsifier, MaskedTensors
 from sparsifiers.registry import register_sparsifier
-from sparsifiers.reparameterization import projection_masks
+from sparsifiers.reparameterization import OriginalTensors, epoch_at, late_event_warnings, projection_masks
 
 log = logging.getLogger("ham_bench")
 
@@ -41,16 +40,6 @@ class SoftThresholdWeight(nn.Module):
         if self.projected:
             return weight
         return torch.sign(weight) * torch.relu(weight.abs() - torch.sigmoid(self.s))
-
-
-class ThresholdedTensors(MaskedTensors):
-    """What STR masks and scores: the raw W of a thresholded layer (the plain weight elsewhere)."""
-
-    def get(self, key: str) -> torch.Tensor:
-        layer = self.layers[key.rsplit(".", 1)[0]]
-        if parametrize.is_parametrized(layer, "weight"):
-            return layer.parametrizations.weight.original
-        return layer.weight
 
 
 @register_sparsifier("str")
@@ -136,7 +125,7 @@ class STR(MaskedSparsifier):
             self.thresholds[key] = threshold
 
     def default_tensors(self) -> MaskedTensors:
-        return ThresholdedTensors(self.layers)
+        return OriginalTensors(self.layers)  # the raw W of a thresholded layer
 
     def initial_masks(self) -> dict[str, torch.Tensor]:
         return {}  # the soft threshold decides the support until the projection
@@ -147,11 +136,16 @@ class STR(MaskedSparsifier):
         return [{"params": [t.s for t in self.thresholds.values()],
                  "weight_decay": self.threshold_weight_decay, "ham": False}]
 
+    def schedule_warnings(self) -> list[str]:
+        if not self.final_projection:
+            return ["str: final_projection=false: the achieved sparsity is whatever the thresholds reach "
+                    f"(the target {self.selection.sparsity:g} is only reported, not enforced)"]
+        return late_event_warnings(self.name, "projection_at", self.projection_at, self.context.epochs)
+
     @property
     def projection_epoch(self) -> int:
         """1-based epoch at whose end the projection happens."""
-        epochs = self.context.epochs
-        return max(1, min(epochs, int(math.floor(self.projection_at * epochs + 1e-9))))
+        return epoch_at(self.projection_at, self.context.epochs)
 
     # ---- per epoch ---------------------------------------------------------------
     def on_epoch_end(self, epoch: int, stats=None) -> None:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ham_bench import atomic_io
+from ham_bench.engine.checkpoint import save_checkpoint
 from ham_bench.export import export_model, export_run, load_export, main, read_export
 from hook_loop import random_batches, sgd_for, train_in_hook_order
 from sparsifiers import build_sparsifier
@@ -114,9 +114,9 @@ def test_bfloat16_weights_round_trip_exactly(tmp_path):
 def write_run(run_dir, model, sparsifier, cfg, extra=None):
     """A run dir as ham_bench.run leaves it: checkpoint.pt with the trainer's keys, .hydra/config.yaml, summary."""
     run_dir.mkdir(parents=True)
-    atomic_io.torch_save(run_dir / "checkpoint.pt", {"epoch": cfg["epochs"], "model": model.state_dict(),
-                                                     "sparsifier": sparsifier.state_dict(), "best_acc": 0.0,
-                                                     "config": cfg, **(extra or {})})
+    save_checkpoint(run_dir / "checkpoint.pt", {"epoch": cfg["epochs"], "model": model.state_dict(),
+                                                "sparsifier": sparsifier.state_dict(), "best_acc": 0.0,
+                                                "config": cfg, **(extra or {})})
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
 

@@ -20,7 +20,7 @@ RIGL_UPDATES = {"rigl": "sparsifier.update_interval=3", "rigl_signin": "sparsifi
 
 def compose_run(method, ham):
     overrides = [f"sparsifier={method}", f"ham={ham}", *FAST]
-    if method != "dense":
+    if method not in ("dense", "nm"):  # N:M's sparsity is 1 - n/m
         overrides.append("sparsifier.sparsity=0.8")
     if method in RIGL_UPDATES:
         overrides.append(RIGL_UPDATES[method])
@@ -45,6 +45,8 @@ def test_method_trains_and_reports(tmp_path, method, ham):
     assert summary["train_flops"] > 0 and summary["inference_flops"] > 0
     if method == "dense":
         assert summary["final_sparsity"] == 0.0
+    elif method == "nm":
+        assert summary["final_sparsity_masked_layers"] == 0.5
     elif method.startswith("str"):
         # STR has no exact target knob during training; its final projection makes it exact
         assert summary["final_sparsity_masked_layers"] == pytest.approx(0.8, abs=0.01)

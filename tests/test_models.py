@@ -117,3 +117,15 @@ def test_unknown_model_name_lists_the_allowed_ones():
     with pytest.raises(ValueError, match=r"model.name must be one of \[mlp, cnn, resnet18_cifar, resnet50, timm\], "
                                          r"got 'vgg'"):
         build_model({"name": "vgg"}, 10, 3, 32)
+
+
+def test_a_patch_grid_that_cannot_see_the_whole_image_is_refused():
+    """Regression: vit_tiny_patch16_224 on 28x28 built a 1x1 grid over the top-left 16x16 pixels, silently."""
+    with pytest.raises(ValueError, match=r"cuts 28x28 images into 16x16 patches: 28 is not a multiple of 16, "
+                                         r"so 12 pixel rows and columns would never be seen; set "
+                                         r"model.kwargs.patch_size to a divisor of 28 \(e.g. 2, 4, 7\)"):
+        build_model(model_config("timm", timm_name="vit_tiny_patch16_224", kwargs={"depth": 1}), 10, 1, 28)
+    fits = build_model(model_config("timm", timm_name="vit_tiny_patch16_224",
+                                    kwargs={"depth": 1, "patch_size": 4}), 10, 1, 28)
+    assert tuple(fits.patch_embed.grid_size) == (7, 7)
+    assert fits(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

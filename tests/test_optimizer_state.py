@@ -53,12 +53,18 @@ def step(optimizer, params, index):
     optimizer.step(closure)
 
 
-@pytest.mark.parametrize("name", list(TORCH_OPTIMIZERS))
-def test_reset_state_makes_the_next_steps_those_of_a_fresh_optimizer(name):
+def trained(name):
+    """Parameters and optimizer ``name`` after three steps."""
     params = problem()
     optimizer = TORCH_OPTIMIZERS[name](params)
     for index in range(3):
         step(optimizer, params, index)
+    return params, optimizer
+
+
+@pytest.mark.parametrize("name", list(TORCH_OPTIMIZERS))
+def test_reset_state_makes_the_next_steps_those_of_a_fresh_optimizer(name):
+    params, optimizer = trained(name)
     fresh_params = [nn.Parameter(p.detach().clone()) for p in params]
     fresh = TORCH_OPTIMIZERS[name](fresh_params)
     reset_state(optimizer)
@@ -71,10 +77,7 @@ def test_reset_state_makes_the_next_steps_those_of_a_fresh_optimizer(name):
 
 @pytest.mark.parametrize("name", list(TORCH_OPTIMIZERS))
 def test_reset_entries_gives_fresh_values_and_keeps_counters(name):
-    params = problem()
-    optimizer = TORCH_OPTIMIZERS[name](params)
-    for index in range(3):
-        step(optimizer, params, index)
+    params, optimizer = trained(name)
     weight = params[0]
     before = copy.deepcopy(optimizer.state[weight])
     keep = torch.ones_like(weight, dtype=torch.bool)

@@ -85,6 +85,19 @@ def train(model, sparsifier, optimizer, epochs, first_epoch=0, data=None, on_ste
                on_epoch=on_epoch)
 
 
+def interrupted_after_two_epochs(cfg):
+    """A 4-epoch run trained through, and a fresh run loaded with its state after epoch 2 (to be continued)."""
+    model, sparsifier, optimizer = setup(cfg, epochs=4)
+    train(model, sparsifier, optimizer, epochs=2)
+    model_state, state, opt_state = copy.deepcopy((model.state_dict(), sparsifier.state_dict(), optimizer.state_dict()))
+    train(model, sparsifier, optimizer, epochs=4, first_epoch=2)
+    resumed, again, opt = setup(cfg, epochs=4, seed=1)
+    resumed.load_state_dict(model_state)
+    opt.load_state_dict(opt_state)
+    again.load_state_dict(state)
+    return (model, sparsifier, optimizer), (resumed, again, opt), state
+
+
 def zeros_over(weights, keys):
     return sum(int((weights[k] == 0).sum()) for k in keys), sum(weights[k].numel() for k in keys)
 
@@ -326,17 +339,8 @@ def test_signin_forwards_shared_keys_and_rejects_reparameterizing_inner_methods(
 
 def test_signin_step_rebalancing_and_state_dict_round_trip():
     cfg = {"name": "signin", "sparsity": 0.6, "rebalance_period": 4, "rebalance_unit": "step"}
-    model, sparsifier, optimizer = setup(cfg, epochs=4)
-    train(model, sparsifier, optimizer, epochs=2)
-    assert sparsifier.rebalances == 2 * STEPS // 4
-    model_state, state, opt_state = copy.deepcopy((model.state_dict(), sparsifier.state_dict(), optimizer.state_dict()))
-    train(model, sparsifier, optimizer, epochs=4, first_epoch=2)
-
-    resumed, again, opt = setup(cfg, epochs=4, seed=1)
-    resumed.load_state_dict(model_state)
-    opt.load_state_dict(opt_state)
-    again.load_state_dict(state)
-    assert again.rebalances == 2 * STEPS // 4
+    (model, sparsifier, optimizer), (resumed, again, opt), state = interrupted_after_two_epochs(cfg)
+    assert sparsifier.rebalances == 4 * STEPS // 4 and again.rebalances == 2 * STEPS // 4
     train(resumed, again, opt, epochs=4, first_epoch=2)
     assert again.rebalances == sparsifier.rebalances
     for key, weight in sparsifier.effective_weights().items():
@@ -407,14 +411,7 @@ def test_pilot_needs_its_own_optimizer_group_and_round_trips():
         sparsifier.bind_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
 
     cfg = {"name": "pilot", "sparsity": 0.8, "prune_at": 0.5}
-    model, sparsifier, optimizer = setup(cfg, epochs=4)
-    train(model, sparsifier, optimizer, epochs=2)
-    model_state, state, opt_state = copy.deepcopy((model.state_dict(), sparsifier.state_dict(), optimizer.state_dict()))
-    train(model, sparsifier, optimizer, epochs=4, first_epoch=2)
-    resumed, again, opt = setup(cfg, epochs=4, seed=1)
-    resumed.load_state_dict(model_state)
-    opt.load_state_dict(opt_state)
-    again.load_state_dict(state)
+    (model, sparsifier, optimizer), (resumed, again, opt), state = interrupted_after_two_epochs(cfg)
     assert again.pruned and again.alpha == state["alpha"] and again.previous_acc == state["previous_acc"]
     assert [g["weight_decay"] for g in again.decay_groups()] == [state["alpha"]]
     train(resumed, again, opt, epochs=4, first_epoch=2)

@@ -426,6 +426,9 @@ def test_entry_point_plugin_installs_and_runs_without_editing_the_framework(tmp_
         assert float(w[mask].min()) >= float(w[~mask].max())
     train(model, sparsifier, optimizer, 1, 3, lambda step, ran: assert_masked_zero(model, sparsifier, optimizer))
     assert sparsity_report(sparsifier)["achieved_sparsity"] == 0.75
+    from ham_bench.testing import check_sparsifier
+
+    check_sparsifier({"name": "magnitude_pai", "sparsity": 0.75})  # the built-ins' contract, on the plugin
 
 
 def test_rigl_under_sam_scores_growth_with_the_unperturbed_gradient():

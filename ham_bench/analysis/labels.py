@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import re
 
-METHOD_LABELS = {"dense": "baseline", "random": "Random", "acdc": "AC/DC", "rigl": "RiGL", "str": "STR",
-                 "pilot": "PILoT", "spred": "spred"}
-FAMILIES = {"random": "PaI", "acdc": "DtS", "rigl": "DST", "spred": "Cont.", "pilot": "Cont.", "str": "Cont."}
+METHOD_LABELS = {"dense": "baseline", "random": "Random", "snip": "SNIP", "synflow": "SynFlow", "gmp": "GMP",
+                 "imp": "IMP", "lrr": "LRR", "acdc": "AC/DC", "rigl": "RiGL", "set": "SET", "mest": "MEST",
+                 "cs": "CS", "spred": "spred", "pilot": "PILoT", "str": "STR", "nm": "N:M (SR-STE)"}
+FAMILIES = {"random": "PaI", "snip": "PaI", "synflow": "PaI", "gmp": "DtS", "imp": "DtS", "lrr": "DtS",
+            "acdc": "DtS", "rigl": "DST", "set": "DST", "mest": "DST", "cs": "Cont.", "spred": "Cont.",
+            "pilot": "Cont.", "str": "Cont.", "nm": "N:M"}
 OPTIMIZER_LABELS = {"sam": "SAM", "adamw": "AdamW", "sgd": "SGD"}
-BASE_ORDER = ["dense", "random", "acdc", "rigl", "spred", "pilot", "str"]  # the paper's table order
-FAMILY_ORDER = ["Dense", "PaI", "DtS", "DST", "Cont.", "other"]
+# the paper's table order (its families: PaI, dense-to-sparse, DST, continuous), the methods it only names
+# placed in their family
+BASE_ORDER = ["dense", "random", "snip", "synflow", "gmp", "imp", "lrr", "acdc", "rigl", "set", "mest", "cs",
+              "spred", "pilot", "str", "nm"]
+FAMILY_ORDER = ["Dense", "PaI", "DtS", "DST", "Cont.", "N:M", "other"]
 
 
 def base_order(base: str) -> tuple:

@@ -23,7 +23,7 @@ from ham_bench.analysis.runs import Group, Run
 from ham_bench.analysis.runs_csv import load_runs, refuse_ambiguous
 from ham_bench.analysis.tables import (DAGGER, Table, build_tables, detail_rows, flops_keys, markdown, short_value,
                                        split_name, wide_rows)
-from ham_bench.atomic_io import READABLE, write_csv, write_json, write_text
+from ham_bench.atomic_io import write_csv, write_json, write_text
 
 REBUILT = ("Rebuilt from make_tables' runs.csv (the run dirs are not at hand): the runs' settings beyond its "
            "columns are the Hydra overrides in the run dir names; the recipe shared by all runs is stated in the "
@@ -123,8 +123,8 @@ def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | N
                 csvs[f"{table.name}_paired.csv"] = paired_rows(table, pairs)
         numbers = {**readings(source, runs, tables), **(extra_readings or {})}
         out = Path(out)
-        write_text(out / "tables.md", text, READABLE)
+        write_text(out / "tables.md", text)
         for name, (header_row, lines) in csvs.items():
             write_csv(out / name, header_row, lines)
-        write_json(out / "readings.json", numbers, READABLE)
+        write_json(out / "readings.json", numbers)
     return text

@@ -3,8 +3,8 @@
 Every directory under the given paths that holds a ``summary.json``, a
 ``.hydra/config.yaml`` or a ``metrics.jsonl`` is one run (its subfolders, e.g.
 wandb's, are not searched). A run's status is its summary's (``completed``,
-``stopped``, ``failed``) or ``incomplete`` without a summary (still running, or
-killed). A run's method is the name its sparsifier instance reported in
+``stopped``, ``interrupted``, ``failed``, ``diverged``) or ``incomplete`` without a
+summary (still running, or killed). A run's method is the name its sparsifier instance reported in
 summary.json (``rigl+signin``, a plugin's own name), so a plugin layered over a
 built-in config (``sparsifier=random +sparsifier._target_=my.Method``) is never
 taken for that built-in; without a summary, the config's ``_target_`` class path
@@ -40,7 +40,7 @@ IGNORED_PREFIXES = ("logger.", "hydra.")
 @dataclass
 class Run:
     path: Path
-    status: str                    # completed | stopped | failed | incomplete
+    status: str                    # completed | stopped | interrupted | failed | diverged | incomplete
     summary: dict
     config: dict                   # resolved, nested
     flat: dict                     # flattened, only result-relevant keys

@@ -27,7 +27,7 @@ Choices, shared by every dataset:
 """
 
 from ham_bench.data.datasets import DATASETS, EVAL_SPLITS, SPLIT_SEED, DataBundle, build_datasets, dataset_settings
-from ham_bench.data.images import ImageBatch, InMemoryImageDataset, build_loader, collate_batch
+from ham_bench.data.images import ImageBatch, InMemoryImageDataset, build_loader, collate_batch, seeded_batches
 from ham_bench.data.sources import (CIFAR100_MEAN, CIFAR100_STD, DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES,
                                     FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD,
                                     DatasetNotFoundError, data_dir, imagenet_transforms, read_idx)
@@ -35,4 +35,4 @@ from ham_bench.data.sources import (CIFAR100_MEAN, CIFAR100_STD, DEBIAN_FASHION_
 __all__ = ["CIFAR100_MEAN", "CIFAR100_STD", "DATASETS", "DEBIAN_FASHION_MNIST", "EVAL_SPLITS", "FASHION_MNIST_FILES",
            "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGENET_MEAN", "IMAGENET_STD", "SPLIT_SEED", "DataBundle",
            "DatasetNotFoundError", "ImageBatch", "InMemoryImageDataset", "build_datasets", "build_loader",
-           "collate_batch", "data_dir", "dataset_settings", "imagenet_transforms", "read_idx"]
+           "collate_batch", "data_dir", "dataset_settings", "seeded_batches", "imagenet_transforms", "read_idx"]

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, default_collate
 
 
 class ImageBatch(NamedTuple):
@@ -95,6 +95,31 @@ def collate_batch(batch: Any) -> Any:
     return batch if isinstance(batch, ImageBatch) else default_collate(batch)
 
 
+class ResumableBatchSampler(BatchSampler):
+    """A BatchSampler that can leave out the first batches of its next pass without loading them.
+
+    ``skip_next(k)`` before an epoch resumed after its k-th step: the sampler still
+    draws the epoch's whole order (the same draws from the same generator as an
+    uninterrupted epoch), and the first k batches of indices are dropped before any
+    sample is read. The count holds for every pass until ``skip_next(0)``: a
+    DataLoader with workers starts passes it throws away (an iterator made and
+    dropped prefetches), and each must skip alike.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool):
+        super().__init__(sampler, batch_size, drop_last)
+        self.skip = 0
+
+    def skip_next(self, batches: int) -> None:
+        self.skip = int(batches)
+
+    def __iter__(self):
+        skip = self.skip
+        for index, batch in enumerate(super().__iter__()):
+            if index >= skip:
+                yield batch
+
+
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0,
                  drop_last: bool = False, pin_memory: bool = False, sampler=None) -> DataLoader:
     """A DataLoader whose order is fixed by ``seed`` (its own ``torch.Generator``, also seeding workers).
@@ -102,10 +127,38 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
     With a ``sampler`` (e.g. DistributedSampler) the sampler decides the order and
     ``shuffle`` is ignored. Workers are not persistent, so re-seeding
     ``loader.generator`` before an epoch fixes that epoch's order and its
-    workers' augmentation.
+    workers' augmentation. Batches come from a :class:`ResumableBatchSampler`
+    over the sampler DataLoader itself would make (``RandomSampler`` on the same
+    generator when shuffling), so the order is the one a plain DataLoader gives.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle) and sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=generator, drop_last=drop_last, pin_memory=pin_memory,
-                      collate_fn=collate_batch)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_sampler=ResumableBatchSampler(sampler, batch_size, drop_last),
+                      num_workers=num_workers, generator=generator, pin_memory=pin_memory, collate_fn=collate_batch)
+
+
+def seeded_batches(dataset: Dataset, batch_size: int, seed: int):
+    """A callable returning the next labelled training batch ``(inputs, labels)`` for a sparsifier's ``attach``.
+
+    Batches follow a permutation drawn with ``seed`` by a generator of their own,
+    and any augmentation runs under a forked global RNG seeded from ``seed`` and
+    the call's index: drawing them never moves the global RNG (training's data
+    order and noise stay those of a run without them), and every DDP rank and a
+    resumed run draw the same batches. Wraps around after one pass.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    calls = [0]
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        start = (calls[0] * batch_size) % len(order)
+        positions = order[start:start + batch_size].tolist()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1_000_003 + calls[0])
+            fetch = getattr(dataset, "__getitems__", None)
+            batch = collate_batch(fetch(positions) if fetch else [dataset[i] for i in positions])
+        calls[0] += 1
+        return batch[0], batch[1]
+
+    return sample

@@ -16,7 +16,9 @@
 
 Tracked weights: ``sparsifier.effective_weights()`` (every selected conv/linear layer's forward
 weight), in that order (``keys``). A flip: a tracked weight's sign went from + to - or - to + between
-consecutive steps (both nonzero: pruning to zero and growth from zero are not flips). Where counted:
+consecutive steps (both nonzero: pruning to zero and growth from zero are not flips); a step whose
+``after_step`` restores old weights (``sparsifier.rewinds_weights(step)``, IMP) counts none, and the
+restored signs are the next step's reference. Where counted:
 
 * inside the optimizer's kernel, which compares each weight before and after its update, for a
   tracked weight that is itself a parameter the optimizer step updates in a fused kernel, when the
@@ -68,6 +70,7 @@ class Bookkeeper:
         self.handed: frozenset[str] = frozenset()
         self.in_kernel: dict[int, Tensor] = {}
         self.declared = False
+        self.rewinds = False
         self.before: dict[int, Tensor] = {}
         self.seen: dict | None = None
         self.flips: Tensor | None = None
@@ -82,7 +85,8 @@ class Bookkeeper:
         self.handed = frozenset(key for key, (tensor, _) in sparsifier.optimizer_masks().items() if tensor in fused)
         sparsifier.masks_applied_by_optimizer = dict.fromkeys(self.handed)  # mask_gradients skips them
         self.declared = sparsifier.changes_masks_after_step(step)
-        self.in_kernel = {} if self.declared else {
+        self.rewinds = sparsifier.rewinds_weights(step)  # the step's flips are 0 (weights restored)
+        self.in_kernel = {} if self.declared or self.rewinds else {
             index: self.params[key] for index, key in enumerate(self.keys)
             if key in self.params and self.params[key] in fused}
         self.flips = torch.zeros(len(self.keys), dtype=torch.int64, device=self.device)
@@ -98,7 +102,7 @@ class Bookkeeper:
             self.optimizer.set_bookkeeping(StepBookkeeping(
                 masks={tensor: mask for key, (tensor, mask) in masks.items() if key in self.handed},
                 flips={param: self.flips[index:index + 1] for index, param in self.in_kernel.items()}))
-        fallback = [index for index in range(len(self.keys)) if index not in self.in_kernel]
+        fallback = [] if self.rewinds else [index for index in range(len(self.keys)) if index not in self.in_kernel]
         if fallback:
             weights = self.sparsifier.effective_weights()
             self.before = {index: signs(weights[self.keys[index]]) for index in fallback}

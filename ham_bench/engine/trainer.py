@@ -8,8 +8,17 @@ row (training and evaluation values, every meter's ``epoch_report``, the
 method's ``extra_metrics``), one log line and a checkpoint.
 
 Host syncs are kept out of the step: losses and accuracies accumulate in
-device tensors and are read every ``log_every`` steps (progress bar and the
-non-finite-loss check) and at the end of the epoch.
+device tensors (``engine.progress.EpochProgress``) and are read every
+``log_every`` steps (progress bar and the non-finite-loss check) and at the
+end of the epoch.
+
+Checkpoints are also written inside an epoch (``engine.progress``): every
+``checkpoint_every_steps`` steps, every ``checkpoint_every_minutes``, and at
+the step where a stop signal is noticed (``engine.preemption``), after
+which the run ends as interrupted. A run restored from such a checkpoint
+skips the epoch's done steps and continues exactly. No checkpoint is ever
+written with non-finite weights, or for an epoch whose losses diverged
+(``engine.health``): the last checkpoint is the last good one.
 
 Data parallel (``ham_bench.distributed``): ``model`` is the plain model that
 the sparsifier, meters and checkpoints see; ``train_model`` (its DDP wrapper)
@@ -22,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +40,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ham_bench import distributed
+from ham_bench.engine import health, trainer_state
 from ham_bench.engine.bookkeeper import Bookkeeper
 from ham_bench.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from ham_bench.engine.health import DivergedError, NonFiniteLossError
+from ham_bench.engine.preemption import Interrupted
+from ham_bench.engine.progress import CheckpointSchedule, EpochProgress, set_rng_state
 from ham_bench.engine.step import train_step
 
 log = logging.getLogger("ham_bench")
 
 RANK_SEED_STRIDE = 1_000_003 ** 2  # rank r's per-epoch seed is offset by r * this
 
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+__all__ = ["DivergedError", "NonFiniteLossError", "Trainer", "TrainerSettings"]
 
 
 @dataclass
@@ -56,13 +66,16 @@ class TrainerSettings:
     log_every: int = 20
     stop_after_epochs: int | None = None
     is_main_process: bool = True
+    num_classes: int = 10
+    divergence_factor: float | None = 10.0
     extra_row: dict = field(default_factory=dict)
 
 
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, eval_loader, optimizer, scheduler, sparsifier, meters,
                  metrics_logger, run_dir: Path, settings: TrainerSettings, device: torch.device, seed: int = 0,
-                 checkpoint_extra: dict | None = None, train_model: nn.Module | None = None):
+                 checkpoint_extra: dict | None = None, train_model: nn.Module | None = None,
+                 schedule: CheckpointSchedule | None = None):
         self.model = model
         self.train_model = model if train_model is None else train_model
         if settings.compile:
@@ -79,11 +92,16 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.checkpoint_extra = checkpoint_extra or {}
+        self.schedule = schedule or CheckpointSchedule()
         self.bookkeeper = Bookkeeper(sparsifier, optimizer)  # masks and sign flips inside the optimizer step
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
         self.steps_per_epoch = len(train_loader)
         self.start_epoch = 0
         self.best_acc = 0.0
+        self.first_loss: float | None = None  # the first epoch's training loss (the divergence rule)
+        self.saved_at: str | None = None      # where the last checkpoint was written, for messages
+        self.epoch_lr: float | None = None    # the learning rate the last epoch started with
+        self._resumed_progress: EpochProgress | None = None
 
     # ---- helpers -----------------------------------------------------------------
     def _autocast(self):
@@ -106,41 +124,88 @@ class Trainer:
         generator = getattr(self.train_loader, "generator", None)
         if generator is not None:
             generator.manual_seed(epoch_seed)
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        sampler = getattr(getattr(self.train_loader, "batch_sampler", None), "sampler", None)
+        for candidate in (sampler, getattr(self.train_loader, "sampler", None)):
+            if hasattr(candidate, "set_epoch"):
+                candidate.set_epoch(epoch)
+                break
+
+    def _batches(self, skip: int, rng: dict | None):
+        """The epoch's batches after the first ``skip``, with the RNG state of step ``skip`` put back.
+
+        The loader itself when its sampler can skip (the batches are never loaded, and the
+        iteration draws exactly what an uninterrupted epoch draws); else an iterator whose
+        first ``skip`` batches were loaded and dropped.
+        """
+        batch_sampler = getattr(self.train_loader, "batch_sampler", None)
+        if hasattr(batch_sampler, "skip_next"):
+            batch_sampler.skip_next(skip)  # 0 for a whole epoch
+            batches = self.train_loader
+        elif not skip:
+            batches = self.train_loader
+        else:
+            batches = iter(self.train_loader)
+            for _ in range(skip):
+                next(batches)
+        if rng is not None:  # after _seed_epoch: the global RNG of the step resumed at
+            set_rng_state(rng)
+        return batches
+
+    def _where(self, epoch: int, step: int | None = None) -> str:
+        return f"epoch {epoch + 1}" + ("" if step is None else f", step {step} of {self.steps_per_epoch}")
+
+    def _save(self, epoch_state: int, where: str, progress: EpochProgress | None = None) -> None:
+        """A checkpoint (after checking the weights are finite); ``progress``: a mid-epoch one (all ranks call)."""
+        health.check_weights(self.model, where)
+        state = self.checkpoint_state(epoch_state, progress.state_dict() if progress is not None else None)
+        if self.settings.is_main_process:
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+        self.saved_at = where
+        self.schedule.saved()
 
     # ---- one epoch -------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
         self.train_model.train()
         self._seed_epoch(epoch)
-        self.sparsifier.on_epoch_start(epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
-        started = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.settings.epochs}", leave=False,
-                   disable=not (self.settings.progress and self.settings.is_main_process), dynamic_ncols=True)
-        for index, (x, y) in enumerate(bar):
+        progress, self._resumed_progress = self._resumed_progress, None
+        if progress is None:
+            progress = EpochProgress.start(self.device)
+            progress.lr = self.optimizer.param_groups[0]["lr"]
+            self.sparsifier.on_epoch_start(epoch)  # a resumed epoch had it already (its effect is in the state)
+        batches = self._batches(progress.step, progress.rng)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.settings.epochs}", total=self.steps_per_epoch,
+                   initial=progress.step, leave=False, dynamic_ncols=True,
+                   disable=not (self.settings.progress and self.settings.is_main_process))
+        progress.started = time.perf_counter()
+        for index, (x, y) in enumerate(bar, start=progress.step):
             x, y = self._to_device(x, y)
-            record = train_step(self.train_model, self.optimizer, self.sparsifier, x, y,
-                                epoch * self.steps_per_epoch + index, self.criterion, self._autocast,
-                                bookkeeper=self.bookkeeper)
+            step = epoch * self.steps_per_epoch + index
+            record = train_step(self.train_model, self.optimizer, self.sparsifier, x, y, step, self.criterion,
+                                self._autocast, bookkeeper=self.bookkeeper)
             self.scheduler.step()
             for meter in self.meters:
                 meter.on_step(record)
-            loss_sum += record.loss * y.size(0)
-            correct += (record.logits.argmax(1) == y).sum()
-            seen += y.size(0)
-            if (index + 1) % self.settings.log_every == 0 or index + 1 == self.steps_per_epoch:
-                total_loss, total_correct, total_seen = distributed.global_sums(loss_sum, correct, seen)
-                mean_loss = total_loss / total_seen
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(
-                        f"non-finite training loss at epoch {epoch + 1}, step {index + 1}: {mean_loss}")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100 * total_correct / total_seen:.2f}")
-        seconds = time.perf_counter() - started
-        total_loss, total_correct, total_seen = distributed.global_sums(loss_sum, correct, seen)
+            progress.add(record.loss, record.logits, y)
+            last = index + 1 == self.steps_per_epoch
+            flags = None if distributed.is_distributed() else self.schedule.flags()
+            if (index + 1) % self.settings.log_every == 0 or last:
+                *totals, stop_flag, due_flag = distributed.global_sums(
+                    progress.loss_sum, progress.correct, progress.seen, *self.schedule.flags())
+                flags = [stop_flag, due_flag]
+                health.check_finite("training loss", totals[0] / totals[2], self._where(epoch, index + 1))
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}")
+            save, stop = self.schedule.decide(step + 1, flags)
+            if save and not last:  # the epoch's end writes its own checkpoint
+                where = self._where(epoch, index + 1)
+                totals = distributed.global_sums(progress.loss_sum, progress.seen)
+                health.check_finite("training loss", totals[0] / totals[1], where)
+                self._save(epoch, where, progress)
+                if stop:
+                    raise Interrupted(self.schedule.signum(), where)
+        seconds = progress.elapsed()
+        total_loss, total_correct, total_seen = distributed.global_sums(progress.loss_sum, progress.correct,
+                                                                        progress.seen)
+        self.epoch_lr = progress.lr
         return {"train_loss": total_loss / total_seen, "train_acc": 100.0 * total_correct / total_seen,
                 "epoch_seconds": seconds, "samples_per_second": total_seen / seconds}
 
@@ -178,53 +243,52 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train from ``start_epoch`` to the end; returns the last metrics row."""
+        """Train from ``start_epoch`` to the end; returns the last metrics row.
+
+        Raises NonFiniteLossError, DivergedError (the epoch's row is logged, no checkpoint is
+        written for it) or Interrupted (after a checkpoint of the step it stopped at).
+        """
         row = {}
         last_epoch = self.settings.epochs
         if self.settings.stop_after_epochs is not None:
             last_epoch = min(last_epoch, self.settings.stop_after_epochs)
         for epoch in range(self.start_epoch, last_epoch):
-            lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(epoch)
+            lr = self.epoch_lr
             self.sparsifier.on_epoch_end(epoch, train)
             row = self.epoch_row(epoch, lr, train, self.evaluate())
-            self.best_acc = max(self.best_acc, row["test_acc"])
             if self.settings.is_main_process:
                 self.metrics_logger.log_epoch(row)
-                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_state(epoch + 1))
+            health.check_finite("test loss", row["test_loss"], self._where(epoch))
+            diverged = health.divergence(row, self.first_loss, self.settings.num_classes,
+                                         self.settings.divergence_factor)
+            if diverged:
+                raise DivergedError(f"training diverged at {self._where(epoch)}: {diverged}")
+            if self.first_loss is None and epoch == 0:
+                self.first_loss = row["train_loss"]
+            self.best_acc = max(self.best_acc, row["test_acc"])
+            self._save(epoch + 1, f"the end of epoch {epoch + 1}")
+            if self.settings.is_main_process:
                 log.info("epoch %d/%d  train loss %.4f acc %.2f  |  %s loss %.4f acc %.2f top5 %.2f  |  "
                          "sparsity %.4f  flips %d  lr %.4g  %.1fs (%.0f samples/s)",
                          epoch + 1, self.settings.epochs, row["train_loss"], row["train_acc"],
                          self.settings.extra_row.get("eval_split", "test"), row["test_loss"], row["test_acc"],
                          row["test_top5"], row["sparsity"], row["sign_flips"], lr, row["epoch_seconds"],
                          row["samples_per_second"])
+            stop = distributed.global_sums(*self.schedule.flags())[0] > 0  # a signal during evaluation
+            if stop and epoch + 1 < last_epoch:
+                raise Interrupted(self.schedule.signum(), f"the end of epoch {epoch + 1}")
         return row
 
-    def checkpoint_state(self, epoch: int) -> dict:
-        return {
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sparsifier": self.sparsifier.state_dict(),
-            "meters": {meter.name: meter.state_dict() for meter in self.meters},
-            "steps_per_epoch": self.steps_per_epoch,
-            "best_acc": self.best_acc,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            **self.checkpoint_extra,
-        }
+    def checkpoint_state(self, epoch: int, progress: dict | None = None) -> dict:
+        """The state to continue from: ``epoch`` epochs done, plus ``progress`` into the next one if given."""
+        return trainer_state.state_dict(self, epoch, progress)
 
     def restore(self, state: dict) -> None:
-        """Continue from a checkpoint's state (``engine.checkpoint.load_checkpoint``, read once by the caller)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.sparsifier.load_state_dict(state["sparsifier"])
-        for meter in self.meters:  # after model and sparsifier: meters re-read the masks they restore against
-            meter.load_state_dict(state["meters"][meter.name])
-        self.best_acc = state["best_acc"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.start_epoch = state["epoch"]
+        """Continue from a checkpoint's state (``engine.trainer_state.restore``)."""
+        trainer_state.restore(self, state)
+        progress = state.get("progress")
+        if progress:
+            self._resumed_progress = EpochProgress.from_state(progress, self.device)
+        self.saved_at = (self._where(self.start_epoch, progress["step"]) if progress
+                         else f"the end of epoch {self.start_epoch}")

@@ -5,7 +5,10 @@ consecutive optimizer steps (both signs nonzero: pruning to zero, or regrowth
 from zero, is not a flip). The step engine counts them (``engine.bookkeeper``:
 inside the optimizer's fused kernels, which read the old weight anyway, or on
 its exact fallback) and hands each step's counts over in the step record; this
-module adds them up per epoch and over the run, on the device.
+module adds them up per epoch and over the run, on the device. A step after
+which the method restored old weights (``sparsifier.rewinds_weights(step)``:
+IMP's rewind) counts nothing: the restored signs are the reference for the
+next step (the engine's counts are 0 for that step).
 
 The counter also reports how many weights have the sign opposite to their sign
 at initialization (``sign_differs_from_init_count``) and which fraction of the

@@ -15,8 +15,12 @@ base (SAM, RMSprop, ...) the base steps first, then one compiled HAM pass per
 covered tensor (``ham_foreach.AfterBaseSteps``). Tensors the kernels cannot take
 (not float32, odd layouts, lr given as a device tensor) use the foreach path.
 
-The kernels reproduce torch's SGD/Adam(W) math up to float32 rounding (not bit
-for bit). Parameters with sparse gradients get the base step only.
+Without HAM's factor (``FusedOptimizer``, HAM off) the SGD kernels round as
+torch's CPU SGD does (each ``add(alpha=)`` one fused multiply-add), so a
+HAM-off SGD run is bit for bit torch's; Adam(W) and the kernels with HAM's
+factor reproduce the math up to float32 rounding (HAM's kernels keep the
+arithmetic the recorded golden outputs were made with). Parameters with
+sparse gradients get the base step only.
 """
 
 from __future__ import annotations

@@ -36,6 +36,11 @@ With diagnostics, the flip count carries a term that is always true but makes
 inductor schedule it with the diagnostics' reductions, in the same loop (not
 in a second one, which doubled the step).
 
+Rounding: a base-only SGD kernel computes every ``c + alpha * b`` of torch's
+SGD as one fused multiply-add (``inductor_prims.fma``), as ATen's CPU ``add``
+does, so it is bit for bit ``torch.optim.SGD`` on CPU; the others round each
+product and sum (float32 rounding away from torch's Adam(W)).
+
 The update, with g the raw gradient (negated when the base group maximizes,
 masked when a mask is given):
 
@@ -51,6 +56,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch._inductor import inductor_prims
 
 __all__ = ["ADAM_HYPER", "FUSED_KINDS", "HAM_HYPER", "KernelSpec", "SGD_HYPER", "SGD_MOMENTUM_HYPER",
            "kernel_function", "state_arity"]
@@ -115,18 +121,28 @@ def _ham_factor(new_param: Tensor, sign: Tensor, grad: Tensor, lr: Tensor, alpha
     return new_param * torch.exp(exponent), raw, exponent
 
 
-def _sgd(param, d, state, h):
-    return param - h["lr"] * d, ()
+def _fma(a, b, c):
+    """a * b + c rounded once: what ATen's CPU kernels compute for ``c.add(a, alpha=b)``."""
+    return inductor_prims.fma(a, b, c)
 
 
-def _sgd_momentum(param, d, state, h):
+def _axpy(exact: bool):
+    """``c + alpha * b`` as torch's eager ``add(alpha=)`` rounds it (exact) or as two roundings (HAM's kernels)."""
+    return (lambda c, b, alpha: _fma(b, alpha, c)) if exact else (lambda c, b, alpha: c + alpha * b)
+
+
+def _sgd(param, d, state, h, add):
+    return add(param, d, -h["lr"]), ()
+
+
+def _sgd_momentum(param, d, state, h, add):
     # torch starts the buffer as a copy of d, without dampening.
-    buf = torch.where(h["first_step"] != 0, d, state[0] * h["momentum"] + h["one_minus_dampening"] * d)
-    direction = torch.where(h["nesterov"] != 0, d + h["momentum"] * buf, buf)
-    return param - h["lr"] * direction, (buf,)
+    buf = torch.where(h["first_step"] != 0, d, add(state[0] * h["momentum"], d, h["one_minus_dampening"]))
+    direction = torch.where(h["nesterov"] != 0, add(d, buf, h["momentum"]), buf)
+    return add(param, direction, -h["lr"]), (buf,)
 
 
-def _adam(param, d, state, h):
+def _adam(param, d, state, h, add):
     m = torch.lerp(state[0], d, h["one_minus_beta1"])
     v = state[1] * h["beta2"] + h["one_minus_beta2"] * (d * d)
     denom = torch.sqrt(v) / h["bias_correction2_sqrt"] + h["eps"]
@@ -164,9 +180,10 @@ def kernel_function(spec: KernelSpec):
         if mask is not None:
             g = g * mask
         if spec.kind in _BASE:
+            add = _axpy(exact=not spec.factor and spec.kind != "adam")
             decay = h["weight_decay"] if spec.kind != "adam" else h["coupled_weight_decay"]
-            d = torch.where(decay != 0, g + decay * param, g)
-            new_param, new_state = _BASE[spec.kind](param, d, state, h)
+            d = torch.where(decay != 0, add(g, param, decay), g)
+            new_param, new_state = _BASE[spec.kind](param, d, state, h, add)
             sign_source = torch.where(h["sign_before"] != 0, param, new_param)
         else:  # the factor alone, after another base step: param is theta_half already
             new_param, new_state = param, ()

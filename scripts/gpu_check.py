@@ -10,7 +10,9 @@ Three sections, written to ``--out`` as they finish:
    adds into p.grad in place), AdamW and SAM bases, 3 steps from identical
    tensors (one of them channels-last); and the engine's bookkeeping in the
    kernels (masks, sign flips) against its fallback with the same kernels: the
-   same weights bit for bit and the same flip counts, random 0.9 and RigL;
+   same weights bit for bit and the same flip counts, random 0.9 and RigL; HAM
+   off: the fused base step (counting flips) against torch's own step, bit for
+   bit or the largest difference;
 2. host syncs per training step: ``train_step`` plus every meter's ``on_step``
    (the ``log_every`` reads excluded), counted with
    ``torch.cuda.set_sync_debug_mode("warn")`` on CUDA, with patched tensor ->
@@ -47,6 +49,7 @@ from ham_bench.engine.step import train_step  # noqa: E402
 from ham_bench.metrics import build_meters  # noqa: E402
 from ham_bench.models import build_model  # noqa: E402
 from ham_bench.optim import HAM, SAM, FusedOptimizer  # noqa: E402
+from ham_bench.optim.bookkeeping import StepBookkeeping  # noqa: E402
 from sparsifiers import TrainingContext, build_sparsifier  # noqa: E402
 
 HAM_KW = {"alpha": 20.0, "beta": 1e-3, "diagnostics": True}
@@ -76,8 +79,14 @@ def _base(kind, params):
 
 
 def _ham_run(kind, variant, implementation, device, steps=3):
+    """3 steps of HAM (``variant``), or with ``variant=None`` of the base alone: ``FusedOptimizer`` (HAM off, the
+    engine's fused base step, here with every param's flips counted) or, for ``implementation="torch"``, the
+    torch optimizer itself."""
     params = _tensors(device, 0)
-    opt = HAM(_base(kind, params), variant=variant, implementation=implementation, **HAM_KW)
+    if variant is None:
+        opt = _base(kind, params) if implementation == "torch" else FusedOptimizer(_base(kind, params), implementation)
+    else:
+        opt = HAM(_base(kind, params), variant=variant, implementation=implementation, **HAM_KW)
     generator = torch.Generator().manual_seed(1)
     grads = [[(1e-2 * torch.randn(p.shape, generator=generator)).to(device) for p in params] for _ in range(steps)]
     for step in range(steps):
@@ -87,8 +96,11 @@ def _ham_run(kind, variant, implementation, device, steps=3):
             return torch.zeros(())
 
         closure()
+        if variant is None and implementation != "torch":
+            opt.set_bookkeeping(StepBookkeeping(flips={p: torch.zeros(1, dtype=torch.int64, device=device)
+                                                       for p in params}))
         opt.step(closure) if kind == "sam" else opt.step()
-    return [p.detach().float().cpu() for p in params], opt.diagnostics()
+    return [p.detach().float().cpu() for p in params], opt.diagnostics() if variant is not None else {}
 
 
 def _engine_run(method, fallback, device, steps=6):
@@ -126,6 +138,16 @@ def check_exactness(device) -> list[str]:
             failures += not ok
             lines.append(f"| HAM {variant} on {kind}: compiled vs foreach, 3 steps | "
                          f"{'ok' if ok else 'FAILED'} (max relative difference {worst:.1e}) |")
+    for kind in ("sgd", "sgd_nesterov_foreach", "adamw", "sam"):
+        fused, _ = _ham_run(kind, None, "compiled", device)
+        plain, _ = _ham_run(kind, None, "torch", device)
+        same = all(torch.equal(c, f) for c, f in zip(fused, plain))
+        worst = max(((c - f).abs() / f.abs().clamp_min(1e-3)).max().item() for c, f in zip(fused, plain))
+        ok = all(torch.allclose(c, f, rtol=1e-5, atol=1e-6) for c, f in zip(fused, plain))
+        failures += not ok
+        lines.append(f"| HAM off on {kind}: fused base step (flips counted) vs torch's step, 3 steps | "
+                     f"{'ok' if ok else 'FAILED'} ({'bit for bit' if same else f'max relative difference {worst:.1e}'})"
+                     f" |")
     for method in ("random", "rigl"):
         kernel_weights, kernel_flips = _engine_run(method, False, device)
         fallback_weights, fallback_flips = _engine_run(method, True, device)

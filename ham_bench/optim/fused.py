@@ -4,8 +4,9 @@
 off: the base optimizer, unchanged for every parameter nobody asks about, while
 the params the engine hands masks and sign-flip slots for
 (``bookkeeping.StepBookkeeping``) are updated by the same one-pass kernels as
-HAM's (``ham_fused``: torch SGD / Adam / AdamW math, float32 rounding, no HAM
-factor), which also mask and count. A HAM-off baseline thus pays for its
+HAM's (``ham_fused``: torch SGD / Adam / AdamW math without HAM's factor; SGD
+bit for bit torch's on CPU, Adam(W) up to float32 rounding), which also mask
+and count. A HAM-off baseline thus pays for its
 bookkeeping exactly what a HAM run pays, i.e. nothing beyond the step. Its
 ``param_groups``, ``state`` and ``defaults`` are the base's own objects
 (``wrapper.WrappedOptimizer``); ``state_dict()`` is the base's plus an empty

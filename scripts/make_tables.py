@@ -30,15 +30,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR",
                         help="multirun sweep dirs or single run dirs (searched recursively)")
-    parser.add_argument("--from-csv", type=Path, metavar="RUNS_CSV",
-                        help="rebuild everything from a runs.csv that make_tables wrote (run dirs gone)")
+    parser.add_argument("--from-csv", type=Path, metavar="RUNS_CSV", action="append",
+                        help="rebuild everything from a runs.csv that make_tables wrote (run dirs gone); "
+                             "repeatable: the runs of several files, e.g. an earlier table and its new rows")
     parser.add_argument("--out", type=Path, help="write tables.md, <table>.csv, <table>_detail.csv, runs.csv here")
     parser.add_argument("--paper", action="append", default=[], choices=paper_names(),
                         help="print the published numbers beside ours (repeatable: one dense and one sparse)")
     parser.add_argument("--metric", default="final_test_acc", choices=["final_test_acc", "best_test_acc"],
                         help="the summary value averaged over seeds (default: accuracy after the last epoch)")
     args = parser.parse_args(argv)
-    if bool(args.sweep_dirs) == (args.from_csv is not None):
+    if bool(args.sweep_dirs) == bool(args.from_csv):
         parser.error("give either SWEEP_DIR ... or --from-csv RUNS_CSV")
     text = make_tables(args.sweep_dirs, args.out, args.paper, args.metric, from_csv=args.from_csv)
     try:

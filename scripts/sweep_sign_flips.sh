@@ -9,7 +9,8 @@
 # alpha alone varies; "alpha ~ 0" is HAM off (HAM with alpha = beta = 0 is the base step itself).
 #   3 epochs:  alpha in {off, 20, 50, 100, 200} x 4 families x 3 seeds = 60 runs (~30 min here)
 #   15 epochs: alpha in {off, 20, 200} x 4 families x 2 seeds = 24 runs (~65 min here)
-# Environment: SWEEP, OUT, N_JOBS (default 2), BENCH, PYTHON; extra arguments go to every ham-bench call.
+# Environment: SWEEP, OUT, N_JOBS (default 2), BENCH, PYTHON, LONG_SEEDS / LONG_ALPHAS (the 15-epoch
+# runs' seeds and alphas, default 0,1 and 20,200); extra arguments go to every ham-bench call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ fi
 common=(experiment=fmnist_sparse hydra/launcher=local_parallel "hydra.launcher.n_jobs=$N_JOBS" progress=false
         ham.beta=0.0)
 sparse=(sparsifier=random,acdc,rigl sparsifier.sparsity=0.9)   # dense refuses a sparsity key: its own sweeps
-for length in "3 0,1,2 20,50,100,200" "15 0,1 20,200"; do
+for length in "3 0,1,2 20,50,100,200" "15 ${LONG_SEEDS:-0,1} ${LONG_ALPHAS:-20,200}"; do
     read -r epochs seeds alphas <<< "$length"
     dir="$SWEEP/epochs_$epochs"
     "$BENCH" -m "${common[@]}" "hydra.sweep.dir=$dir/dense" "epochs=$epochs" "seed=$seeds" sparsifier=dense ham=off "$@"

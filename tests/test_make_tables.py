@@ -214,6 +214,25 @@ def test_tables_rebuilt_from_runs_csv_equal_the_originals(sweep, tmp_path):
     assert "(rebuilt from runs.csv)" in text and "Rebuilt from make_tables' runs.csv" in text
 
 
+def test_tables_from_two_runs_csv_files_equal_the_tables_of_all_their_runs(sweep, tmp_path):
+    """An earlier table's runs.csv plus the runs.csv of its new rows: the tables of all the runs at once."""
+    runs_dir = _hydra_sweep(sweep[0] / "0_random", tmp_path / "multirun")
+    make_tables([runs_dir], tmp_path / "dirs", paper=["imagenet_sparse"])
+    header, *lines = (tmp_path / "dirs" / "runs.csv").read_text().splitlines(keepends=True)
+    parts = [tmp_path / "earlier.csv", tmp_path / "new.csv"]
+    parts[0].write_text(header + "".join(line for line in lines if "ham=off" in line))
+    parts[1].write_text(header + "".join(line for line in lines if "ham=off" not in line))
+    assert parts[0].read_text() != header and parts[1].read_text() != header
+    result = run_script("make_tables", "--from-csv", str(parts[0]), "--from-csv", str(parts[1]), "--out",
+                        str(tmp_path / "both"), "--paper", "imagenet_sparse")
+    assert result.returncode == 0, result.stderr
+    single = run_script("make_tables", "--from-csv", str(tmp_path / "dirs" / "runs.csv"), "--out",
+                        str(tmp_path / "one"), "--paper", "imagenet_sparse")
+    assert single.returncode == 0, single.stderr
+    for name in ("sparse.csv", "sparse_detail.csv", "sparse_paired.csv"):
+        assert (tmp_path / "both" / name).read_text() == (tmp_path / "one" / name).read_text(), name
+
+
 def test_a_runs_csv_that_cannot_tell_runs_apart_is_refused(sweep, tmp_path):
     """Two alphas in job dirs named 0, 1, ...: runs.csv alone cannot tell them apart."""
     source = sweep[0] / "3_random_ham"

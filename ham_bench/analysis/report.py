@@ -99,18 +99,18 @@ def runs_csv_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
 
 
 def make_tables(paths: list[Path], out: Path | None = None, paper: list[str] | None = None,
-                metric: str = "final_test_acc", from_csv: Path | None = None,
+                metric: str = "final_test_acc", from_csv: Path | list[Path] | None = None,
                 extra_readings: dict | None = None) -> str:
     """Aggregate the runs under ``paths`` (or of ``from_csv``); returns the markdown and, with ``out``,
     writes the files. Everything is computed before the first file is written."""
     runs, source = load_runs(paths, from_csv)
     tables = build_tables(runs, metric, load_paper_numbers(paper or []))
     groups = [g for t in tables for g in t.groups]
-    if from_csv is not None:
+    if from_csv:
         refuse_ambiguous(groups, from_csv)
     completed = sum(r.status == "completed" for r in runs)
     header = [f"# ham-bench results: {len(runs)} runs ({completed} completed) from {source}", ""]
-    if from_csv is not None:
+    if from_csv:
         header += [REBUILT, ""]
     text = "\n".join(header + [render_table(t) for t in tables] + [render_problems(runs, groups)])
     if out is not None:

@@ -100,12 +100,13 @@ def load_runs_csv(path: Path) -> list[Run]:
     return runs
 
 
-def refuse_ambiguous(groups, path: Path) -> None:
+def refuse_ambiguous(groups, path: Path | list[Path]) -> None:
     """Two completed lines of one group and seed cannot be told apart from runs.csv: stop."""
     for group in groups:
         for duplicate in group.duplicates:
             used = next(run for run in group.used if run.seed == duplicate.seed)
-            raise SystemExit(f"error: --from-csv {path}: {used.path} and {duplicate.path} have the same method, "
+            where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
+            raise SystemExit(f"error: --from-csv {where}: {used.path} and {duplicate.path} have the same method, "
                              "column and seed and nothing in runs.csv tells them apart; rebuild from the run dirs")
 
 

@@ -324,3 +324,33 @@ def test_fused_steps_do_not_sync_with_the_host(monkeypatch, ham):
             for meter in meters:
                 if meter.name != "ham":  # HamMeter reads the diagnostics every log_every steps, by design
                     meter.on_step(record)
+
+
+@pytest.mark.parametrize("implementation", ["foreach", "auto"])
+def test_a_book_handed_to_a_sam_base_masks_both_passes_and_counts(implementation):
+    """The engine hands SAM nothing, but anyone may: the closure's (perturbed) gradients are masked too."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 6))
+    mask = torch.rand(8, 6) > 0.5
+    with torch.no_grad():
+        weight.mul_(mask)
+    x = torch.randn(6, 5)
+
+    def closure():
+        loss = (weight @ x).square().sum()
+        loss.backward()
+        return loss
+
+    optimizer = FusedOptimizer(SAM([weight], torch.optim.SGD, rho=0.05, lr=0.05, momentum=0.9),
+                               implementation=implementation)
+    slot = torch.zeros(1, dtype=torch.int64)
+    for _ in range(3):
+        optimizer.zero_grad()
+        closure()
+        before = torch.sign(weight.detach()).clone()
+        counted = int(slot)
+        optimizer.set_bookkeeping(StepBookkeeping(masks={weight: mask}, flips={weight: slot}))
+        optimizer.step(closure)
+        assert not bool((weight[~mask] != 0).any())
+        assert int(slot) - counted == int(((before * torch.sign(weight.detach())) < 0).sum())
+    assert int(slot) > 0

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["StepBookkeeping", "around", "sign_flips", "signs"]
+__all__ = ["StepBookkeeping", "around", "masked_gradients", "sign_flips", "signs"]
 
 
 @dataclass
@@ -77,3 +77,17 @@ def around(book: StepBookkeeping, params: Iterable[Tensor], run: Callable[[], An
         if p in before:
             book.flips[p].add_(sign_flips(before[p], p))
     return result
+
+
+def masked_gradients(book: StepBookkeeping, closure: Callable[[], Any]) -> Callable[[], Any]:
+    """``closure`` (forward + backward) followed by masking the gradients of ``book``'s masked params: for a
+    base that makes its own gradients (SAM's perturbed pass)."""
+    def run():
+        loss = closure()
+        with torch.no_grad():
+            for p, mask in book.masks.items():
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+        return loss
+
+    return run

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import kernel_cache as C
-from .bookkeeping import StepBookkeeping, around
+from .bookkeeping import StepBookkeeping, around, masked_gradients
 from .sam import SAM
 
 __all__ = ["AfterBaseSteps", "foreach_ham_", "may_write_grad"]
@@ -74,7 +74,9 @@ class AfterBaseSteps:
         return [[torch.sign(p).to(torch.int8) for p in params] for _, _, _, params in plan]
 
     def _step_foreach(self, closure, loss=None, book: StepBookkeeping | None = None):
-        if book is not None and closure is not None:  # gradients come from the closure: mask them after it
+        if book is not None and closure is not None and self.requires_closure:
+            closure = masked_gradients(book, closure)  # SAM's passes: each one's gradients masked
+        elif book is not None and closure is not None:  # gradients come from the closure: mask them after it
             with torch.enable_grad():
                 loss = closure()
             closure = None

@@ -282,7 +282,7 @@ def check_throughput(device, tiny: bool, compile_model: bool) -> list[str]:
             bare_opt.step()
 
         bare_seconds = _timed(bare, device, warmup, steps)
-        lines.append(f"| bare loop, torch SGD | {label} | {batch / bare_seconds:.0f} | 1.000 |")
+        lines.append(f"| bare loop, torch SGD | {label} | {batch / bare_seconds:.4g} | 1.000 |")
         for name, method, ham in (("HAM off (fused base step, flips)", "dense", False),
                                   ("HAM (flips, diagnostics)", "dense", True),
                                   ("HAM + random 0.9 mask (flips, masks)", "random", True)):
@@ -298,7 +298,7 @@ def check_throughput(device, tiny: bool, compile_model: bool) -> list[str]:
                 counter[0] += 1
 
             seconds = _timed(framework, device, warmup, steps)
-            lines.append(f"| {name} | {label} | {batch / seconds:.0f} | {bare_seconds / seconds:.3f} |")
+            lines.append(f"| {name} | {label} | {batch / seconds:.4g} | {bare_seconds / seconds:.3f} |")
     return lines
 
 

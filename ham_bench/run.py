@@ -22,9 +22,11 @@ checkpoint on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ from ham_bench.loggers import MetricsLogger
 from ham_bench.metrics import build_meters
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
+from ham_bench.optim.divergence import HAMDivergenceWarning, warning_of
 from ham_bench.provenance import provenance
 from ham_bench.schedule import build_scheduler
 from sparsifiers import build_sparsifier
@@ -163,10 +166,31 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
     }
     summary["provenance"] = provenance(trainer.device if trainer is not None else None)
     summary["warnings"] = trainer.sparsifier.schedule_warnings() if trainer is not None else []
+    if trainer is not None and warning_of(trainer.optimizer):
+        summary["warnings"].append(warning_of(trainer.optimizer))  # HAM's divergence warning (issue 14)
     for meter in trainer.meters if trainer is not None else ():
         summary.update(meter.summary())
         summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})
     return summary
+
+
+@contextlib.contextmanager
+def _ham_warnings_logged():
+    """HAM's divergence warning as a log line of the run (its source line would point into the trainer)."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HAMDivergenceWarning):
+            if distributed.is_main_process():
+                log.warning("%s", message)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _outcome(trainer: Trainer, run_dir: Path, error: Exception) -> str:
@@ -204,7 +228,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = N
     status, error, signum = "completed", None, None
     main = trainer.settings.is_main_process  # only rank 0 writes
     try:
-        last_row = trainer.fit()
+        with _ham_warnings_logged():
+            last_row = trainer.fit()
         if last_row.get("epoch", trainer.start_epoch) < cfg.epochs:
             status = "stopped"  # stop_after_epochs: resumable with resume=<run dir>
     except (NonFiniteLossError, DivergedError, atomic_io.WriteError) as exc:

@@ -46,6 +46,7 @@ from ham_bench.engine.health import DivergedError, NonFiniteLossError
 from ham_bench.engine.preemption import Interrupted
 from ham_bench.engine.progress import CheckpointSchedule, EpochProgress, set_rng_state
 from ham_bench.engine.step import train_step
+from ham_bench.optim.divergence import describe as describe_ham
 
 log = logging.getLogger("ham_bench")
 
@@ -248,7 +249,10 @@ class Trainer:
         if self.settings.stop_after_epochs is not None:
             last_epoch = min(last_epoch, self.settings.stop_after_epochs)
         for epoch in range(self.start_epoch, last_epoch):
-            train = self.train_epoch(epoch)
+            try:
+                train = self.train_epoch(epoch)
+            except NonFiniteLossError as error:  # name HAM's alpha and exponents: the usual cause with HAM on
+                raise NonFiniteLossError(f"{error}{describe_ham(self.optimizer)}") from None
             lr = self.epoch_lr
             self.sparsifier.on_epoch_end(epoch, train)
             row = self.epoch_row(epoch, lr, train, self.evaluate())
@@ -258,7 +262,8 @@ class Trainer:
             diverged = health.divergence(row, self.first_loss, self.settings.num_classes,
                                          self.settings.divergence_factor)
             if diverged:
-                raise DivergedError(f"training diverged at {self._where(epoch)}: {diverged}")
+                raise DivergedError(f"training diverged at {self._where(epoch)}: {diverged}"
+                                    f"{describe_ham(self.optimizer)}")
             if self.first_loss is None and epoch == 0:
                 self.first_loss = row["train_loss"]
             self.best_acc = max(self.best_acc, row["test_acc"])

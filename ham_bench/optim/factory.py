@@ -12,6 +12,7 @@ from torch import nn
 
 from sparsifiers.config import ConfigError, choice, flag, number
 
+from .divergence import WARN_EVERY, WARN_EXPONENT
 from .ham import HAM, IMPLEMENTATIONS, VARIANTS
 from .sam import SAM
 
@@ -21,7 +22,8 @@ OPTIMIZER_NAMES = ("sgd", "adamw", "sam")
 _SAM_BASES = ("sgd", "adamw")
 _COMMON_KEYS = {"name", "lr", "weight_decay", "no_decay_bias_norm"}
 _BASE_KEYS = {"sgd": {"momentum", "dampening", "nesterov"}, "adamw": {"betas", "eps"}}
-_HAM_KEYS = {"enabled", "variant", "alpha", "beta", "clamp", "implementation", "diagnostics"}
+_HAM_KEYS = {"enabled", "variant", "alpha", "beta", "clamp", "implementation", "diagnostics", "warn_exponent",
+             "warn_every"}
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                getattr(nn, "RMSNorm", nn.LayerNorm))
 
@@ -133,7 +135,10 @@ def optimizer_settings(optimizer_cfg, ham_cfg=None) -> OptimizerSettings:
                       "variant": _choice(ham, "variant", "ham", VARIANTS, "hyp_star"),
                       "clamp": _clamp(ham),
                       "implementation": _choice(ham, "implementation", "ham", IMPLEMENTATIONS, "auto"),
-                      "diagnostics": _flag(ham, "diagnostics", "ham", False)}
+                      "diagnostics": _flag(ham, "diagnostics", "ham", False),
+                      "warn_exponent": _warn_exponent(ham),
+                      "warn_every": int(number("warn_every", ham.get("warn_every", WARN_EVERY), int, low=1,
+                                               where="ham"))}
     return OptimizerSettings(
         name=name, base=base_name, lr=_number(cfg, "lr", where, positive=True),
         weight_decay=_number(cfg, "weight_decay", where, 0.01 if base_name == "adamw" else 0.0, low=0.0),
@@ -154,8 +159,9 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
     are ignored; unknown keys raise.
 
     ``ham_cfg``: ``enabled`` (default true when the mapping is given), ``variant``,
-    ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics`` (defaults
-    as in :class:`HAM`). ``extra_groups``: dicts ``{"params": [...], **group
+    ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics``,
+    ``warn_exponent`` (> 0, or null: no divergence warning), ``warn_every``
+    (defaults as in :class:`HAM`). ``extra_groups``: dicts ``{"params": [...], **group
     keys}`` (e.g. a sparsifier's thresholds with ``weight_decay`` and ``ham:
     False``); their parameters are taken out of the default groups.
     Bad settings raise ``ConfigError`` (``optimizer_settings``).
@@ -199,3 +205,14 @@ def _clamp(ham: dict) -> float:
     if value in (math.inf, "inf"):
         return math.inf
     return _number(ham, "clamp", "ham", 5.0, positive=True)
+
+
+def _warn_exponent(ham: dict) -> float | None:
+    value = ham.get("warn_exponent", WARN_EXPONENT)
+    if value is None:
+        return None
+    try:
+        return _number(ham, "warn_exponent", "ham", positive=True)
+    except ConfigError:
+        raise ConfigError(f"ham.warn_exponent must be a number > 0 (mean |exponent| per step; default "
+                          f"{WARN_EXPONENT:g}) or null (no divergence warning), got {value!r}") from None

@@ -117,10 +117,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
                           dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
                           is_main_process=settings.is_main_process)
     keep_epochs = resume_state["epoch"] if resume_state is not None else 0
-    metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs) if settings.is_main_process else None
+    metrics_logger = (MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs, steps_per_epoch=len(train_loader),
+                                    wandb_state=(resume_state or {}).get("wandb"))
+                      if settings.is_main_process else None)
     trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, meters, metrics_logger,
                       run_dir, settings, device, seed=cfg.seed, train_model=train_model, schedule=schedule,
                       checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
+                                        "wandb": metrics_logger.wandb_state if metrics_logger else None,
                                         "model_args": {"num_classes": data.num_classes,
                                                        "in_channels": data.in_channels,
                                                        "image_size": data.image_size}})

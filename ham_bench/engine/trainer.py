@@ -190,6 +190,10 @@ class Trainer:
                 flags = [stop_flag, due_flag]
                 health.check_finite("training loss", totals[0] / totals[2], self._where(epoch, index + 1))
                 bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}")
+                if self.settings.is_main_process and self.metrics_logger is not None:  # wandb, when on
+                    self.metrics_logger.log_step(step + 1, {"train_loss": totals[0] / totals[2],
+                                                            "train_acc": 100 * totals[1] / totals[2],
+                                                            "lr": self.optimizer.param_groups[0]["lr"]})
             save, stop = self.schedule.decide(step + 1, flags)
             if save and not last:  # the epoch's end writes its own checkpoint
                 where = self._where(epoch, index + 1)

@@ -137,3 +137,13 @@ def test_a_bad_warn_exponent_is_one_line(tmp_path):
     assert result.returncode == 2
     assert last_line(result.stderr) == ("error: ham.warn_exponent must be a number > 0 (mean |exponent| per step; "
                                         "default 0.05) or null (no divergence warning), got -1")
+
+
+def test_the_factory_passes_the_warning_settings_and_defaults_them():
+    from ham_bench.optim import build_optimizer
+
+    model = mlp()
+    sgd = {"name": "sgd", "lr": 0.05}
+    assert build_optimizer(model, sgd, {"enabled": True})._divergence.threshold == 0.05
+    opt = build_optimizer(model, sgd, {"enabled": True, "warn_exponent": None, "warn_every": 7})
+    assert opt._divergence.threshold is None and opt._divergence.every == 7

@@ -158,7 +158,8 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
         "epochs": len(rows),
         "epochs_planned": cfg.epochs,
-        "seconds": seconds,
+        "seconds": seconds if trainer is None else sum(trainer.previous_seconds) + seconds,
+        "segment_seconds": [seconds] if trainer is None else [*trainer.previous_seconds, seconds],
         "eval_split": last.get("eval_split"),
         # the instance's name: compositions read e.g. "rigl+signin"
         "method": {"sparsifier": (trainer.sparsifier.name if trainer is not None
@@ -227,6 +228,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = N
         distributed.barrier()  # every rank reads rank 0's checkpoint, once it is written
         resume_state = load_checkpoint(Path(cfg.resume) / CHECKPOINT_NAME)
     trainer = build_trainer(cfg, run_dir, resume_state)
+    trainer.started = started
     trainer.schedule.stop = stop  # the signals the trainer looks at after every step
     status, error, signum = "completed", None, None
     main = trainer.settings.is_main_process  # only rank 0 writes

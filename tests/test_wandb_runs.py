@@ -95,4 +95,5 @@ def test_a_sweeps_runs_share_a_wandb_group(tmp_path):
 def test_logger_wandb_group_must_be_a_name(tmp_path):
     result = ham_bench("logger=wandb", "logger.wandb.group=[1]", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: logger.wandb.group must be a name (a string) or null, got [1]"
+    assert result.stderr.strip().splitlines()[-1] == ("error: logger.wandb.group must be a name (a string) or null, "
+                                                      "got [1]")

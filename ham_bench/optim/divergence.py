@@ -163,12 +163,14 @@ class DivergenceWatch:
                             f"training has diverged{before}. Exponents above warn_exponent={self.threshold:g} "
                             f"mean alpha or lr is too large for this gradient scale")
         elif mean > self.threshold:
+            suggestion = (f"; alpha about {ham.alpha * 0.01 / mean:.2g} would put it near 0.01" if ham.alpha > 0
+                          else "")
             self.message = (f"HAM: the mean |exponent| per weight and step is {mean:.3g} {span} (max "
                             f"{stats['ham_max_abs_exponent']:.3g}, {100 * stats['ham_clamp_fraction']:.2f}% at the "
-                            f"clamp), above warn_exponent={self.threshold:g} ({settings}): alpha is too large for this gradient "
-                            f"scale (or lr too large) and the run is likely to diverge or lose accuracy (|exponent| ~ lr*alpha*|g|; "
-                            f"healthy runs sit near 0.001-0.01); alpha about {ham.alpha * 0.01 / mean:.2g} "
-                            f"would put it near 0.01 (HAM(..., warn_exponent=None) turns this check off)")
+                            f"clamp), above warn_exponent={self.threshold:g} ({settings}): alpha is too large for "
+                            f"this gradient scale (or lr too large) and the run is likely to diverge or lose "
+                            f"accuracy (|exponent| ~ lr*alpha*|g|; healthy runs sit near 0.001-0.01){suggestion} "
+                            f"(HAM(..., warn_exponent=None) turns this check off)")
         else:
             return
         warnings.warn(self.message, HAMDivergenceWarning, stacklevel=stacklevel + 1)

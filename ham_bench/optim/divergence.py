@@ -35,6 +35,9 @@ When it is checked, so that no other step syncs with the device:
   approximation where the base step flipped a sign): one extra pass over the
   covered weights per check step, none otherwise. The update itself is not
   touched, so a run's numbers do not depend on the check.
+
+Steps taken inside a ``torch.compile``'d region are not checked (nothing is
+read from the device there).
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ class DivergenceWatch:
 
         ``stacklevel``: the caller's frame for the warning, counted from this function (as ``warnings.warn``).
         """
+        if torch.compiler.is_compiling():  # inside a compiled region: no host reads, no warnings
+            return
         self.steps += 1
         if not self.enabled or self.message is not None or not self.is_check_step(self.steps):
             return

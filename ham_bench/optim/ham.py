@@ -11,11 +11,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import ham_kernels as K
+from .divergence import WARN_EVERY, WARN_EXPONENT, DivergenceWatch, HAMDivergenceWarning
 from .ham_fused import CompiledSteps, kernel_ready, scalar
 from .sam import SAM, closure_step
 from .wrapper import WrappedOptimizer
 
-__all__ = ["HAM"]
+__all__ = ["HAM", "HAMDivergenceWarning"]
 
 VARIANTS = ("hyp_star", "hyp")
 IMPLEMENTATIONS = ("auto", "compiled", "foreach")
@@ -167,6 +168,16 @@ class HAM(CompiledSteps, WrappedOptimizer):
     ``ham_clamp_fraction``, ``ham_max_abs_exponent``, ``ham_steps`` and is the
     only call that syncs.
 
+    Divergence warning (``warn_exponent``, default 0.05; ``None`` turns it off;
+    ``warn_every``, default 100): when the mean |exponent| per covered weight
+    and step exceeds ``warn_exponent``, or an exponent is NaN/inf, HAM warns
+    once with :class:`HAMDivergenceWarning`. It is checked at steps 1, 2, 4,
+    ... below ``warn_every`` and then every ``warn_every`` steps (one host sync
+    each, none on other steps), and whenever :meth:`diagnostics` is read;
+    without diagnostics a check step recomputes that step's exponents from
+    ``p.grad`` (one extra pass), never changing the update. Measured scales
+    and the details: ``ham_bench/optim/divergence.py``.
+
     ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
     objects (also after ``load_state_dict``), so LR schedulers, GradScaler and
     code that edits ``opt.state[p]`` work on either object.
@@ -178,7 +189,8 @@ class HAM(CompiledSteps, WrappedOptimizer):
     def __init__(self, optimizer: Optimizer, alpha: float = 200.0, beta: float = 1e-3,
                  variant: str = "hyp_star", clamp: float = 5.0,
                  param_filter: Callable[[Tensor], bool] | None = None,
-                 implementation: str = "auto", diagnostics: bool = False, min_ndim: int = 2):
+                 implementation: str = "auto", diagnostics: bool = False, min_ndim: int = 2,
+                 warn_exponent: float | None = WARN_EXPONENT, warn_every: int = WARN_EVERY):
         if not isinstance(optimizer, Optimizer):
             raise TypeError("HAM: optimizer must be a torch.optim.Optimizer instance, e.g. "
                             f"HAM(torch.optim.SGD(model.parameters(), lr=0.1)); got {type(optimizer).__name__}")
@@ -201,6 +213,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
         self.param_filter = param_filter
         self.min_ndim = min_ndim
         self.diagnostics_enabled = bool(diagnostics)
+        self._divergence = DivergenceWatch(warn_exponent, warn_every)
         # Torch optimizers such as RMSprop use 'alpha' themselves: then only 'ham_alpha' overrides.
         self._group_keys = {
             "alpha": "alpha" not in optimizer.defaults,
@@ -295,7 +308,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
             acc = self._diag_acc[device] = torch.zeros(3, dtype=torch.float64, device=device)
         return acc
 
-    def diagnostics(self, reset: bool = True) -> dict[str, float]:
+    def diagnostics(self, reset: bool = True, check: bool = True) -> dict[str, float]:
         """Exponent statistics since the last reset; the only call that syncs with the device.
 
         Returns {} unless constructed with ``diagnostics=True`` (or
@@ -305,6 +318,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
         ``ham_max_abs_exponent`` and ``ham_steps``. A clamp fraction above 0 or a
         mean |exponent| near the clamp means alpha is too large for this
         gradient scale and lr (weights grow by up to e^clamp per step).
+        ``check``: hand them to the divergence warning (class docstring).
         """
         result: dict[str, float] = {}
         if self._diag_count > 0 and self._diag_acc:
@@ -316,6 +330,8 @@ class HAM(CompiledSteps, WrappedOptimizer):
                 "ham_max_abs_exponent": largest,
                 "ham_steps": float(self._diag_steps),
             }
+            if check:
+                self._divergence.check(self, result, stacklevel=3)
         if reset:
             for acc in self._diag_acc.values():
                 acc.zero_()
@@ -340,6 +356,7 @@ class HAM(CompiledSteps, WrappedOptimizer):
             loss = self._step_foreach(closure)
         if self._diag_count != counted:
             self._diag_steps += 1
+        self._divergence.after_step(self, stacklevel=4)  # the caller, past torch.no_grad's wrapper
         return loss
 
     def _covered_by_group(self) -> list[tuple[dict[str, Any], float, float, list[Tensor]]]:
@@ -458,5 +475,6 @@ class HAM(CompiledSteps, WrappedOptimizer):
         self._apply_after_base(plan, signs, compiled=self._use_compiled())
         if self._diag_count != counted:
             self._diag_steps += 1
+        self._divergence.after_step(self, stacklevel=4)
         if zero_grad:
             self.zero_grad()

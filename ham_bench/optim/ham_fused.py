@@ -10,12 +10,14 @@ real tensor is touched, so a failed compile can still fall back cleanly.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import compile_time
 from . import ham_kernels as K
 
 
@@ -256,6 +258,7 @@ def _warm(name: str, device: torch.device, serial: bool, diagnostics: bool) -> N
     key = (name, str(device), serial, diagnostics)
     if key in _WARMED:
         return
+    started = time.perf_counter()
     for numel in ((64, 8192) if serial else (4 * K.PARALLEL_MIN_NUMEL,)):
         args = [torch.zeros(numel, device=device) for _ in range(2 + _KERNEL_ARITY[name])]
         if name == "ham_signed":
@@ -264,4 +267,5 @@ def _warm(name: str, device: torch.device, serial: bool, diagnostics: bool) -> N
         if diagnostics:
             args.append(torch.zeros(3, dtype=torch.float64, device=device))
         K.compiled_kernel(name, diagnostics, serial)(*args)
+    compile_time.add(time.perf_counter() - started)  # reported apart from the epoch's throughput
     _WARMED.add(key)

@@ -46,6 +46,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _program() -> list[str]:
+    """How the command was started: ``ham-bench`` (the console script), ``python -m ham_bench`` or the script."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if name == "__main__.py":
+        return [Path(sys.executable).name, "-m", Path(sys.argv[0]).resolve().parent.name]
+    return [name]
+
+
 def provenance(device: torch.device | str | None = None) -> dict:
     """The facts that decide whether a rerun reproduces this run bit for bit."""
     commit = _git("rev-parse", "HEAD")
@@ -56,14 +64,16 @@ def provenance(device: torch.device | str | None = None) -> dict:
         "git_dirty": bool(status) if status is not None else None,
         "packages": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
+        "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "cpu_model": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "hostname": platform.node(),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [*_program(), *sys.argv[1:]],
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
     return facts

@@ -22,9 +22,11 @@ checkpoint on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ from ham_bench.loggers import MetricsLogger
 from ham_bench.metrics import build_meters
 from ham_bench.models import build_model
 from ham_bench.optim import build_optimizer
+from ham_bench.optim.divergence import HAMDivergenceWarning, warning_of
 from ham_bench.provenance import provenance
 from ham_bench.schedule import build_scheduler
 from sparsifiers import build_sparsifier
@@ -115,10 +118,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
                           dump_masks_at=tuple(cfg.get("dump_masks_at") or ()),
                           is_main_process=settings.is_main_process)
     keep_epochs = resume_state["epoch"] if resume_state is not None else 0
-    metrics_logger = MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs) if settings.is_main_process else None
+    metrics_logger = (MetricsLogger(run_dir, cfg, keep_epochs=keep_epochs, steps_per_epoch=len(train_loader),
+                                    wandb_state=(resume_state or {}).get("wandb"))
+                      if settings.is_main_process else None)
     trainer = Trainer(model, train_loader, eval_loader, optimizer, scheduler, sparsifier, meters, metrics_logger,
                       run_dir, settings, device, seed=cfg.seed, train_model=train_model, schedule=schedule,
                       checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True),
+                                        "wandb": metrics_logger.wandb_state if metrics_logger else None,
                                         "model_args": {"num_classes": data.num_classes,
                                                        "in_channels": data.in_channels,
                                                        "image_size": data.image_size}})
@@ -153,7 +159,8 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
         "epochs": len(rows),
         "epochs_planned": cfg.epochs,
-        "seconds": seconds,
+        "seconds": seconds if trainer is None else sum(trainer.previous_seconds) + seconds,
+        "segment_seconds": [seconds] if trainer is None else [*trainer.previous_seconds, seconds],
         "eval_split": last.get("eval_split"),
         # the instance's name: compositions read e.g. "rigl+signin"
         "method": {"sparsifier": (trainer.sparsifier.name if trainer is not None
@@ -164,10 +171,31 @@ def summary_of(trainer: Trainer | None, cfg: DictConfig, status: str, seconds: f
     }
     summary["provenance"] = provenance(trainer.device if trainer is not None else None)
     summary["warnings"] = trainer.sparsifier.schedule_warnings() if trainer is not None else []
+    if trainer is not None and warning_of(trainer.optimizer):
+        summary["warnings"].append(warning_of(trainer.optimizer))  # HAM's divergence warning (issue 14)
     for meter in trainer.meters if trainer is not None else ():
         summary.update(meter.summary())
         summary.update({f"final_{key}": last[key] for key in meter.final_keys if key in last})
     return summary
+
+
+@contextlib.contextmanager
+def _ham_warnings_logged():
+    """HAM's divergence warning as a log line of the run (its source line would point into the trainer)."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HAMDivergenceWarning):
+            if distributed.is_main_process():
+                log.warning("%s", message)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _outcome(trainer: Trainer, run_dir: Path, error: Exception) -> str:
@@ -201,11 +229,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, resume_state: dict | None = N
         distributed.barrier()  # every rank reads rank 0's checkpoint, once it is written
         resume_state = load_checkpoint(Path(cfg.resume) / CHECKPOINT_NAME)
     trainer = build_trainer(cfg, run_dir, resume_state)
+    trainer.started = started
     trainer.schedule.stop = stop  # the signals the trainer looks at after every step
     status, error, signum = "completed", None, None
     main = trainer.settings.is_main_process  # only rank 0 writes
     try:
-        last_row = trainer.fit()
+        with _ham_warnings_logged():
+            last_row = trainer.fit()
         if last_row.get("epoch", trainer.start_epoch) < cfg.epochs:
             status = "stopped"  # stop_after_epochs: resumable with resume=<run dir>
     except (NonFiniteLossError, DivergedError, atomic_io.WriteError) as exc:

@@ -35,7 +35,7 @@ RUN_KEYS = ("seed", "epochs", "batch_size", "eval_batch_size", "label_smoothing"
             "precision", "channels_last", "compile", "progress", "log_every", "ham_warn_clamp_fraction",
             "divergence_factor", "stop_after_epochs", "checkpoint_every_steps", "checkpoint_every_minutes",
             "dump_masks_at", "resume", "force")
-WANDB_KEYS = ("enabled", "project", "entity", "mode", "tags")
+WANDB_KEYS = ("enabled", "project", "entity", "mode", "tags", "group")
 
 
 def one_line(error: BaseException) -> str:
@@ -123,9 +123,9 @@ def _check_logger(logger: Mapping) -> None:
     flag("enabled", wandb.get("enabled", False), where="logger.wandb")
     if wandb.get("mode") is not None:
         choice("mode", wandb["mode"], ("online", "offline", "disabled"), where="logger.wandb")
-    for key in ("project", "entity"):
+    for key in ("project", "entity", "group"):
         if wandb.get(key) is not None and not isinstance(wandb[key], str):
-            raise ConfigError(f"logger.wandb.{key} must be a name (a string){' or null' if key == 'entity' else ''}, "
+            raise ConfigError(f"logger.wandb.{key} must be a name (a string){'' if key == 'project' else ' or null'}, "
                               f"got {wandb[key]!r}")
     tags = wandb.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):

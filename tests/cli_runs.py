@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO),
        "OMP_NUM_THREADS": "1"}
-TIMING_KEYS = {"epoch_seconds", "samples_per_second"}
+TIMING_KEYS = {"epoch_seconds", "samples_per_second", "compile_seconds"}
 SHORT = ["dataset.subset=600", "epochs=2", "progress=false", "ham.implementation=foreach"]  # a few seconds
 # HAM's diagnostics accumulate inside the optimizer and are not in its checkpoint state (ham_bench.metrics.ham
 # and ham_bench.optim.ham, not this change's files): the row of an epoch resumed in its middle covers only the

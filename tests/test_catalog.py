@@ -62,5 +62,5 @@ def test_summary_records_where_a_result_came_from(tmp_path):
     assert len(facts["git_commit"]) == 40 and isinstance(facts["git_dirty"], bool)
     assert facts["packages"]["torch"] and facts["packages"]["ham-bench"]
     assert facts["cpu_capability"] and facts["cpu_model"] and facts["threads"] >= 1
-    assert facts["device"] == "cpu" and facts["command"][1:] == ["dataset.subset=300", "epochs=1", "progress=false",
+    assert facts["device"] == "cpu" and facts["command"][3:] == ["dataset.subset=300", "epochs=1", "progress=false",
                                                                  f"hydra.run.dir={tmp_path}"]

@@ -15,7 +15,7 @@ from ham_bench.validation import validate_config
 REPO = Path(__file__).resolve().parent.parent
 # a Fashion-MNIST subset keeps each real run to a few seconds
 FAST = ["dataset.subset=3000", "epochs=1", "progress=false"]
-TIMING_KEYS = {"epoch_seconds", "samples_per_second"}
+TIMING_KEYS = {"epoch_seconds", "samples_per_second", "compile_seconds"}
 
 
 def ham_bench(*args, cwd=None):

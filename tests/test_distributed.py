@@ -44,7 +44,7 @@ SCENARIOS_2 = {
     "no_bn": ["sparsifier=random", *SPARSE, "model=mlp", "optimizer.lr=0.1"],  # LeNet-300-100: no BatchNorm
 }
 SCENARIOS_1 = {name: SCENARIOS_2[name] for name in ("bn", "no_bn")}
-TIMING_KEYS = {"epoch_seconds", "samples_per_second"}
+TIMING_KEYS = {"epoch_seconds", "samples_per_second", "compile_seconds"}
 
 
 def free_port() -> int:

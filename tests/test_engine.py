@@ -35,7 +35,7 @@ from ham_bench.schedule import build_scheduler, lr_factor
 from sparsifiers import TrainingContext, build_sparsifier
 
 STEPS, EPOCHS, BATCH = 8, 4, 16
-TIMING = {"epoch_seconds", "samples_per_second", "seconds"}
+TIMING = {"epoch_seconds", "samples_per_second", "compile_seconds", "seconds", "segment_seconds"}
 
 
 def learnable_data(n, seed):

@@ -63,7 +63,20 @@ def test_the_readmes_quote_the_generated_figures():
     change = summary["sign_flips_change_percent"]
     assert f"−{-change['min']:.1f} % to +{change['max']:.1f} %" in text
     assert f"holds in {summary['gain_at_least_zero']} of {summary['cells']} cells" in text
-    assert summary["significant_after_holm"] == 0 and "none of the 12 cells survives Holm's correction" in text
+    assert summary["significant_after_holm"] == 0 and \
+        f"none of the {summary['cells']} cells survives Holm's correction" in text
+    gain = summary["gain"]
+    assert f"median gain is +{gain['median']:.2f} points (−{-gain['min']:.2f} to +{gain['max']:.2f}" in text
+    assert f"median of {sparse['seed_std']['median']:.2f} points" in text
+    assert f"exceeds 2.5 pooled stds in {['', 'one', 'two', 'three', 'four', 'five', 'six'][len(summary['effect_size_above_2.5'])]} cells" in text
+    p_min = min(p["p_holm"] for p in sparse["paired"])
+    assert f"the smallest corrected p is {p_min:.2f}" in text
+    nm = next(p for p in sparse["paired"] if p["row"].startswith("N:M"))
+    assert f"N:M 2:4: +{nm['gain']:.2f} (p {nm['p']:.2f})" in text
+    cells = {(p["row"].replace("+HAM", ""), p["column"]): p["gain"] for p in sparse["paired"]}
+    for method in ("GMP", "IMP", "LRR", "AC/DC", "SNIP", "SynFlow", "Random", "SET", "spred"):
+        gains = [cells[(method, f"s={s}")] for s in ("0.8", "0.9", "0.95")]
+        assert min(gains) > 0 and f"{method} +{min(gains):.2f} to +{max(gains):.2f}" in text, method
     random = next(p for p in sparse["paired"] if p["row"] == "Random+HAM" and p["column"] == "s=0.9")
     assert f"+HAM flips {-random['sign_flips_change_percent']:.1f} % fewer signs than Random at s=0.9" in text
 

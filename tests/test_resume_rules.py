@@ -23,7 +23,8 @@ def test_overrides_that_would_change_the_run_are_refused_naming_them(run_copy, o
     assert last_line(result.stderr) == (f"error: resume continues a run with its own config; these overrides would "
                                         f"change it: {named} (allowed with resume: force, epochs, stop_after_epochs, "
                                         f"progress, log_every, checkpoint_every_steps, checkpoint_every_minutes, "
-                                        f"divergence_factor, ham_warn_clamp_fraction, dataset.root, logger)")
+                                        f"divergence_factor, ham_warn_clamp_fraction, ham.warn_exponent, ham.warn_every, "
+                                        f"dataset.root, logger)")
     assert snapshot(run_copy) == before
 
 

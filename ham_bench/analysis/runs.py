@@ -32,8 +32,8 @@ from ham_bench.analysis.labels import OPTIMIZER_LABELS, family, method_label
 # config keys that never change a result: left out of grouping and of row labels
 IGNORED_KEYS = ("seed", "sparsifier.seed", "sparsifier.inner.seed", "resume", "stop_after_epochs", "progress",
                 "log_every", "device", "num_workers", "eval_batch_size", "ham_warn_clamp_fraction",
-                "ham.diagnostics", "ham.implementation", "dataset.root", "dataset.download", "channels_last",
-                "dump_masks_at")
+                "ham.diagnostics", "ham.implementation", "ham.warn_exponent", "ham.warn_every", "dataset.root",
+                "dataset.download", "channels_last", "dump_masks_at")
 IGNORED_PREFIXES = ("logger.", "hydra.")
 
 

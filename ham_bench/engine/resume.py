@@ -33,7 +33,8 @@ from ham_bench.engine.run_dir import RunDirError, run_status
 
 # keys a resume may change: none of them changes what is trained (epochs: see the module docstring)
 RESUME_KEYS = ("resume", "force", "epochs", "stop_after_epochs", "progress", "log_every", "checkpoint_every_steps",
-               "checkpoint_every_minutes", "divergence_factor", "ham_warn_clamp_fraction", "dataset.root")
+               "checkpoint_every_minutes", "divergence_factor", "ham_warn_clamp_fraction", "ham.warn_exponent",
+               "ham.warn_every", "dataset.root")
 RESUME_PREFIXES = ("logger",)
 CONTINUABLE = ("interrupted", "incomplete")
 LATEST_ROOTS = ("outputs", "multirun")

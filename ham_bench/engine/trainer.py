@@ -7,6 +7,14 @@ stepped after it and every meter's ``on_step(record)``; then
 row (training and evaluation values, every meter's ``epoch_report``, the
 method's ``extra_metrics``), one log line and a checkpoint.
 
+Progress: a tqdm bar when stderr is a terminal; otherwise (a log file, a
+pipe, a joblib sweep) about ``PROGRESS_LINES`` plain log lines per epoch
+("epoch 1/5  step 94/468  train loss ... acc ...  N samples/s"), at the
+``log_every`` steps where the values are read anyway, so logs hold whole
+lines and no carriage returns. ``compile_seconds`` in a row is the time HAM
+spent compiling its kernels in that epoch (``ham_bench.optim.compile_time``;
+epoch 1 only); ``samples_per_second`` excludes it, ``epoch_seconds`` does not.
+
 Host syncs are kept out of the step: losses and accuracies accumulate in
 device tensors (``engine.progress.EpochProgress``) and are read every
 ``log_every`` steps (progress bar and the non-finite-loss check) and at the
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +57,20 @@ from ham_bench.engine.health import DivergedError, NonFiniteLossError
 from ham_bench.engine.preemption import Interrupted
 from ham_bench.engine.progress import CheckpointSchedule, EpochProgress, set_rng_state
 from ham_bench.engine.step import train_step
+from ham_bench.optim import compile_time
+from ham_bench.optim.divergence import describe as describe_ham
 
 log = logging.getLogger("ham_bench")
 
 RANK_SEED_STRIDE = 1_000_003 ** 2  # rank r's per-epoch seed is offset by r * this
+PROGRESS_LINES = 10  # without a terminal: about this many progress lines per epoch, at log_every steps
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 __all__ = ["DivergedError", "NonFiniteLossError", "Trainer", "TrainerSettings"]
 
@@ -102,6 +122,8 @@ class Trainer:
         self.saved_at: str | None = None      # where the last checkpoint was written, for messages
         self.epoch_lr: float | None = None    # the learning rate the last epoch started with
         self._resumed_progress: EpochProgress | None = None
+        self.started = time.perf_counter()    # this segment's start (run.py sets it to the process's)
+        self.previous_seconds: list[float] = []  # the seconds of the segments before a resume, from the checkpoint
 
     # ---- helpers -----------------------------------------------------------------
     def _autocast(self):
@@ -173,9 +195,13 @@ class Trainer:
             progress.lr = self.optimizer.param_groups[0]["lr"]
             self.sparsifier.on_epoch_start(epoch)  # a resumed epoch had it already (its effect is in the state)
         batches = self._batches(progress.step, progress.rng)
+        shown = self.settings.progress and self.settings.is_main_process
+        lines = shown and not _is_terminal(sys.stderr)  # a log file or pipe: plain lines, no carriage returns
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.settings.epochs}", total=self.steps_per_epoch,
-                   initial=progress.step, leave=False, dynamic_ncols=True,
-                   disable=not (self.settings.progress and self.settings.is_main_process))
+                   initial=progress.step, leave=False, dynamic_ncols=True, disable=not shown or lines)
+        line_every = max(1, math.ceil(self.steps_per_epoch / PROGRESS_LINES))
+        next_line = line_every * (progress.step // line_every + 1)
+        compiled_before = compile_time.total()
         progress.started = time.perf_counter()
         for index, (x, y) in enumerate(bar, start=progress.step):
             x, y = self._to_device(x, y)
@@ -194,6 +220,15 @@ class Trainer:
                 flags = [stop_flag, due_flag]
                 health.check_finite("training loss", totals[0] / totals[2], self._where(epoch, index + 1))
                 bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}")
+                if lines and not last and index + 1 >= next_line:
+                    next_line += line_every * ((index + 1 - next_line) // line_every + 1)
+                    log.info("epoch %d/%d  step %d/%d  train loss %.4f acc %.2f  %.0f samples/s", epoch + 1,
+                             self.settings.epochs, index + 1, self.steps_per_epoch, totals[0] / totals[2],
+                             100 * totals[1] / totals[2], progress.seen / max(progress.elapsed(), 1e-9))
+                if self.settings.is_main_process and self.metrics_logger is not None:  # wandb, when on
+                    self.metrics_logger.log_step(step + 1, {"train_loss": totals[0] / totals[2],
+                                                            "train_acc": 100 * totals[1] / totals[2],
+                                                            "lr": self.optimizer.param_groups[0]["lr"]})
             save, stop = self.schedule.decide(step + 1, flags)
             if save and not last:  # the epoch's end writes its own checkpoint
                 where = self._where(epoch, index + 1)
@@ -203,11 +238,13 @@ class Trainer:
                 if stop:
                     raise Interrupted(self.schedule.signum(), where)
         seconds = progress.elapsed()
+        compiling = compile_time.total() - compiled_before
         total_loss, total_correct, total_seen = distributed.global_sums(progress.loss_sum, progress.correct,
                                                                         progress.seen)
         self.epoch_lr = progress.lr
         return {"train_loss": total_loss / total_seen, "train_acc": 100.0 * total_correct / total_seen,
-                "epoch_seconds": seconds, "samples_per_second": total_seen / seconds}
+                "epoch_seconds": seconds, "compile_seconds": compiling,
+                "samples_per_second": total_seen / max(seconds - compiling, 1e-9)}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -253,7 +290,10 @@ class Trainer:
         if self.settings.stop_after_epochs is not None:
             last_epoch = min(last_epoch, self.settings.stop_after_epochs)
         for epoch in range(self.start_epoch, last_epoch):
-            train = self.train_epoch(epoch)
+            try:
+                train = self.train_epoch(epoch)
+            except NonFiniteLossError as error:  # name HAM's alpha and exponents: the usual cause with HAM on
+                raise NonFiniteLossError(f"{error}{describe_ham(self.optimizer)}") from None
             lr = self.epoch_lr
             self.sparsifier.on_epoch_end(epoch, train)
             row = self.epoch_row(epoch, lr, train, self.evaluate())
@@ -263,7 +303,8 @@ class Trainer:
             diverged = health.divergence(row, self.first_loss, self.settings.num_classes,
                                          self.settings.divergence_factor)
             if diverged:
-                raise DivergedError(f"training diverged at {self._where(epoch)}: {diverged}")
+                raise DivergedError(f"training diverged at {self._where(epoch)}: {diverged}"
+                                    f"{describe_ham(self.optimizer)}")
             if self.first_loss is None and epoch == 0:
                 self.first_loss = row["train_loss"]
             self.best_acc = max(self.best_acc, row["test_acc"])
@@ -279,6 +320,10 @@ class Trainer:
             if stop and epoch + 1 < last_epoch:
                 raise Interrupted(self.schedule.signum(), f"the end of epoch {epoch + 1}")
         return row
+
+    def segment_seconds(self) -> list[float]:
+        """Seconds of every segment of the run: those before resumes, then this one so far."""
+        return [*self.previous_seconds, time.perf_counter() - self.started]
 
     def checkpoint_state(self, epoch: int, progress: dict | None = None) -> dict:
         """The state to continue from: ``epoch`` epochs done, plus ``progress`` into the next one if given."""

@@ -4,8 +4,10 @@
 included), scheduler, sparsifier and every meter's state, the epochs done,
 the position inside the next one (``engine.progress.EpochProgress``, or
 None at an epoch's end), the best accuracy and the first epoch's loss (the
-divergence rule), the RNG states, and the trainer's ``checkpoint_extra``
-(the run's config and model arguments). Only tensors and plain values, so
+divergence rule), the RNG states, the seconds of the run's segments so far
+(``segment_seconds``: a resumed run's ``seconds`` is their sum) and the
+trainer's ``checkpoint_extra`` (the run's config and model arguments, the
+wandb run id and group). Only tensors and plain values, so
 it loads with ``weights_only=True``.
 
 ``restore(trainer, state)`` loads it into a freshly built trainer; a
@@ -34,6 +36,7 @@ def state_dict(trainer, epoch: int, progress: dict | None = None) -> dict[str, A
         "best_acc": trainer.best_acc,
         "first_loss": trainer.first_loss,
         "rng": rng_state(),
+        "segment_seconds": trainer.segment_seconds(),  # a resumed run's seconds add up its segments
         **trainer.checkpoint_extra,
     }
 
@@ -53,6 +56,7 @@ def restore(trainer, state: dict[str, Any]) -> None:
         trainer.first_loss = state.get("first_loss")
         set_rng_state(state["rng"])
         trainer.start_epoch = int(state["epoch"])
+        trainer.previous_seconds = [float(s) for s in state.get("segment_seconds") or ()]
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:

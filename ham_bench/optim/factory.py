@@ -12,6 +12,8 @@ from torch import nn
 
 from sparsifiers.config import ConfigError, choice, flag, number
 
+from .divergence import WARN_EVERY, WARN_EXPONENT
+from .exempt import no_weight_decay_ids
 from .fused import FusedOptimizer
 from .ham import HAM, IMPLEMENTATIONS, VARIANTS
 from .sam import SAM
@@ -22,7 +24,8 @@ OPTIMIZER_NAMES = ("sgd", "adamw", "sam")
 _SAM_BASES = ("sgd", "adamw")
 _COMMON_KEYS = {"name", "lr", "weight_decay", "no_decay_bias_norm"}
 _BASE_KEYS = {"sgd": {"momentum", "dampening", "nesterov"}, "adamw": {"betas", "eps"}}
-_HAM_KEYS = {"enabled", "variant", "alpha", "beta", "clamp", "implementation", "diagnostics"}
+_HAM_KEYS = {"enabled", "variant", "alpha", "beta", "clamp", "implementation", "diagnostics", "warn_exponent",
+             "warn_every", "cover_no_weight_decay"}
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
                getattr(nn, "RMSNorm", nn.LayerNorm))
 
@@ -106,6 +109,7 @@ class OptimizerSettings:
     base_kwargs: dict
     sam: dict | None     # rho, adaptive
     ham: dict | None     # HAM's keyword arguments; None: HAM off
+    ham_covers_no_weight_decay: bool = False   # HAM also on the model's no_weight_decay() parameters
 
 
 def optimizer_settings(optimizer_cfg, ham_cfg=None) -> OptimizerSettings:
@@ -134,12 +138,16 @@ def optimizer_settings(optimizer_cfg, ham_cfg=None) -> OptimizerSettings:
                       "variant": _choice(ham, "variant", "ham", VARIANTS, "hyp_star"),
                       "clamp": _clamp(ham),
                       "implementation": _choice(ham, "implementation", "ham", IMPLEMENTATIONS, "auto"),
-                      "diagnostics": _flag(ham, "diagnostics", "ham", False)}
+                      "diagnostics": _flag(ham, "diagnostics", "ham", False),
+                      "warn_exponent": _warn_exponent(ham),
+                      "warn_every": int(number("warn_every", ham.get("warn_every", WARN_EVERY), int, low=1,
+                                               where="ham"))}
     return OptimizerSettings(
         name=name, base=base_name, lr=_number(cfg, "lr", where, positive=True),
         weight_decay=_number(cfg, "weight_decay", where, 0.01 if base_name == "adamw" else 0.0, low=0.0),
         no_decay_bias_norm=_flag(cfg, "no_decay_bias_norm", where, True),
-        base_kwargs=_base_kwargs(base_name, cfg, where), sam=sam, ham=ham_kwargs)
+        base_kwargs=_base_kwargs(base_name, cfg, where), sam=sam, ham=ham_kwargs,
+        ham_covers_no_weight_decay=_flag(ham, "cover_no_weight_decay", "ham", False))
 
 
 def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_groups: Iterable[Mapping] = ()):
@@ -155,10 +163,17 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
     are ignored; unknown keys raise.
 
     ``ham_cfg``: ``enabled`` (default true when the mapping is given), ``variant``,
-    ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics`` (defaults
-    as in :class:`HAM`). With HAM off, SGD and AdamW come wrapped in
-    :class:`FusedOptimizer` (the base's own step, with the engine's bookkeeping
-    fused into the update of the weights it hands over), SAM as it is. ``extra_groups``: dicts ``{"params": [...], **group
+    ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics``,
+    ``warn_exponent`` (> 0, or null: no divergence warning), ``warn_every``
+    (defaults as in :class:`HAM`), ``cover_no_weight_decay`` (default false).
+    With HAM off, SGD and AdamW come wrapped in :class:`FusedOptimizer` (the
+    base's own step, with the engine's bookkeeping fused into the update of
+    the weights it hands over), SAM as it is.
+
+    Parameters the model names in its ``no_weight_decay()`` (timm: pos_embed,
+    cls_token, ...; ``ham_bench.optim.exempt``) form their own group:
+    weight_decay 0 when ``no_decay_bias_norm``, and ``ham=False`` (no HAM)
+    unless ``ham.cover_no_weight_decay`` is true. ``extra_groups``: dicts ``{"params": [...], **group
     keys}`` (e.g. a sparsifier's thresholds with ``weight_decay`` and ``ham:
     False``); their parameters are taken out of the default groups.
     Bad settings raise ``ConfigError`` (``optimizer_settings``).
@@ -176,14 +191,22 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
             taken.add(id(p))
         if params:
             groups.append({**dict(extra), "params": params})
-    decay, no_decay = [], []
+    decay, no_decay, exempt = [], [], []
+    exempt_ids = no_weight_decay_ids(model_or_named_params)
     for _, p in named:
         if id(p) in taken:
+            continue
+        if id(p) in exempt_ids:
+            exempt.append(p)
             continue
         (no_decay if settings.no_decay_bias_norm and (p.dim() <= 1 or id(p) in norm_ids) else decay).append(p)
     default_groups = [{"params": decay, "weight_decay": settings.weight_decay}]
     if no_decay:
         default_groups.append({"params": no_decay, "weight_decay": 0.0})
+    if exempt:
+        default_groups.append({"params": exempt,
+                               "weight_decay": 0.0 if settings.no_decay_bias_norm else settings.weight_decay,
+                               **({} if settings.ham_covers_no_weight_decay else {"ham": False})})
     groups = [g for g in default_groups if g["params"]] + groups
     if not groups:
         raise ValueError("build_optimizer: the model has no trainable parameters")
@@ -205,3 +228,14 @@ def _clamp(ham: dict) -> float:
     if value in (math.inf, "inf"):
         return math.inf
     return _number(ham, "clamp", "ham", 5.0, positive=True)
+
+
+def _warn_exponent(ham: dict) -> float | None:
+    value = ham.get("warn_exponent", WARN_EXPONENT)
+    if value is None:
+        return None
+    try:
+        return _number({"warn_exponent": value}, "warn_exponent", "ham", positive=True)
+    except ConfigError:
+        raise ConfigError(f"ham.warn_exponent must be a number > 0 (mean |exponent| per step; default "
+                          f"{WARN_EXPONENT:g}) or null (no divergence warning), got {value!r}") from None

@@ -12,9 +12,10 @@ from torch.optim import Optimizer
 from .fused import IMPLEMENTATIONS, FusedOptimizer
 from .ham_diagnostics import Diagnostics
 from .ham_groups import CoveredGroups, check_clamp, check_strength
+from .divergence import WARN_EVERY, WARN_EXPONENT, DivergenceWatch, HAMDivergenceWarning
 from .sam import SAM, closure_step
 
-__all__ = ["HAM", "IMPLEMENTATIONS", "VARIANTS"]
+__all__ = ["HAM", "HAMDivergenceWarning", "IMPLEMENTATIONS", "VARIANTS"]
 
 VARIANTS = ("hyp_star", "hyp")
 
@@ -80,6 +81,16 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
     this with HAM off); without it a step does none of that. Diagnostics
     (``diagnostics=True``): ``ham_diagnostics``.
 
+    Divergence warning (``warn_exponent``, default 0.05; ``None`` turns it off;
+    ``warn_every``, default 100): when the mean |exponent| per covered weight
+    and step exceeds ``warn_exponent``, or an exponent is NaN/inf, HAM warns
+    once with :class:`HAMDivergenceWarning`. It is checked at steps 1, 2, 4,
+    ... below ``warn_every`` and then every ``warn_every`` steps (one host sync
+    each, none on other steps), and whenever :meth:`diagnostics` is read;
+    without diagnostics a check step recomputes that step's exponents from
+    ``p.grad`` (one extra pass), never changing the update. Measured scales
+    and the details: ``ham_bench/optim/divergence.py``.
+
     ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
     objects (also after ``load_state_dict``), so LR schedulers, GradScaler and
     code that edits ``opt.state[p]`` work on either object.
@@ -92,7 +103,8 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
     def __init__(self, optimizer: Optimizer, alpha: float = 200.0, beta: float = 1e-3,
                  variant: str = "hyp_star", clamp: float = 5.0,
                  param_filter: Callable[[Tensor], bool] | None = None,
-                 implementation: str = "auto", diagnostics: bool = False, min_ndim: int = 2):
+                 implementation: str = "auto", diagnostics: bool = False, min_ndim: int = 2,
+                 warn_exponent: float | None = WARN_EXPONENT, warn_every: int = WARN_EVERY):
         self._init_fused(optimizer, implementation)
         if variant not in VARIANTS:
             raise ValueError(f"HAM: variant must be one of {VARIANTS}, got {variant!r}")
@@ -107,6 +119,7 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
         self.param_filter = param_filter
         self.min_ndim = min_ndim
         self.diagnostics_enabled = bool(diagnostics)
+        self._divergence = DivergenceWatch(warn_exponent, warn_every)
         # Torch optimizers such as RMSprop use 'alpha' themselves: then only 'ham_alpha' overrides.
         self._group_keys = {"alpha": "alpha" not in optimizer.defaults, "beta": "beta" not in optimizer.defaults}
         self._covered: dict[Tensor, bool] = {}
@@ -153,6 +166,7 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
         loss = self._fused_step(closure)
         if self._diag_count != counted:
             self._diag_steps += 1
+        self._divergence.after_step(self, stacklevel=4)  # the caller, past torch.no_grad's wrapper
         return loss
 
     # -- two-step bases (SAM) ----------------------------------------------------------
@@ -178,5 +192,6 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
         self._apply_after_base(plan, signs, compiled=self._use_compiled())
         if self._diag_count != counted:
             self._diag_steps += 1
+        self._divergence.after_step(self, stacklevel=4)
         if zero_grad:
             self.zero_grad()

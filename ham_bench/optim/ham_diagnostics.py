@@ -29,7 +29,7 @@ class Diagnostics:
             acc = self._diag_acc[device] = torch.zeros(3, dtype=torch.float64, device=device)
         return acc
 
-    def diagnostics(self, reset: bool = True) -> dict[str, float]:
+    def diagnostics(self, reset: bool = True, check: bool = True) -> dict[str, float]:
         """Exponent statistics since the last reset; the only call that syncs with the device.
 
         Returns {} unless constructed with ``diagnostics=True`` (or
@@ -39,6 +39,7 @@ class Diagnostics:
         ``ham_max_abs_exponent`` and ``ham_steps``. A clamp fraction above 0 or a
         mean |exponent| near the clamp means alpha is too large for this
         gradient scale and lr (weights grow by up to e^clamp per step).
+        ``check``: hand them to the divergence warning (``divergence``).
         """
         result: dict[str, float] = {}
         if self._diag_count > 0 and self._diag_acc:
@@ -50,6 +51,8 @@ class Diagnostics:
                 "ham_max_abs_exponent": largest,
                 "ham_steps": float(self._diag_steps),
             }
+            if check:
+                self._divergence.check(self, result, stacklevel=3)
         if reset:
             for acc in self._diag_acc.values():
                 acc.zero_()

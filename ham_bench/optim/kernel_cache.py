@@ -20,6 +20,7 @@ replaced by its variant without the alias (correct, one loop more).
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import compile_time
 from .ham_kernels import HYPER, KernelSpec, kernel_function, state_arity
 
 __all__ = ["PARALLEL_MIN_NUMEL", "call", "compiled_kernel", "flat", "hyper_tensor", "kernel_ready", "output_alias",
@@ -69,6 +71,7 @@ def warm(spec: KernelSpec, device: torch.device) -> KernelSpec:
     usable = _WARMED.get(key)
     if usable is not None:
         return usable
+    started = time.perf_counter()
     usable = spec
     for numel in ((64, 8192) if spec.serial and spec.reduces else (64,) if spec.serial else (4 * PARALLEL_MIN_NUMEL,)):
         if usable.out_alias and not _alias_is_safe(usable, device, numel):
@@ -76,6 +79,7 @@ def warm(spec: KernelSpec, device: torch.device) -> KernelSpec:
         if not usable.out_alias:
             compiled_kernel(usable)(*_dummies(usable, device, numel))
     _WARMED[key] = usable
+    compile_time.add(time.perf_counter() - started)  # reported apart from the epoch's throughput
     return usable
 
 

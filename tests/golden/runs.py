@@ -23,7 +23,8 @@ HAMS = ("off", "hyp_star")
 OPTIMIZERS = ("sgd", "sam")
 COMMON = ["dataset.subset=1280", "epochs=1", "progress=false", "log_every=5", "seed=3"]
 EXTRA = {"rigl": ["sparsifier.update_interval=3"], "rigl_signin": ["sparsifier.inner.update_interval=3"]}
-TIMING_KEYS = {"epoch_seconds", "samples_per_second", "seconds", "provenance"}  # and where it ran
+TIMING_KEYS = {"epoch_seconds", "samples_per_second", "compile_seconds", "seconds", "segment_seconds",
+               "provenance"}  # and where it ran
 
 
 def cases():

@@ -88,7 +88,9 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
     ... below ``warn_every`` and then every ``warn_every`` steps (one host sync
     each, none on other steps), and whenever :meth:`diagnostics` is read;
     without diagnostics a check step recomputes that step's exponents from
-    ``p.grad`` (one extra pass), never changing the update. Measured scales
+    ``p.grad`` (one extra pass), never changing the update. A loop that syncs
+    every few steps anyway may :meth:`defer_divergence_checks` and call
+    :meth:`check_divergence` at its reads (the trainer does). Measured scales
     and the details: ``ham_bench/optim/divergence.py``.
 
     ``param_groups``, ``state`` and ``defaults`` are the base optimizer's own
@@ -155,6 +157,16 @@ class HAM(CoveredGroups, Diagnostics, FusedOptimizer):
     def _after_load_state_dict(self) -> None:
         for group in self.param_groups:
             self._check_group(group)
+
+    # -- divergence warning (``divergence``) ---------------------------------------------
+    def defer_divergence_checks(self) -> None:
+        """Leave the divergence checks to the caller's reads: a check step only marks a check as due, and
+        :meth:`check_divergence` runs it (for a loop that syncs every few steps anyway, as the trainer does)."""
+        self._divergence.deferred = True
+
+    def check_divergence(self) -> None:
+        """Run the divergence check a check step made due (deferred checks); nothing, and no sync, otherwise."""
+        self._divergence.check_due(self, stacklevel=2)
 
     # -- step --------------------------------------------------------------------------
     @torch.no_grad()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -238,16 +239,19 @@ def main(argv=None) -> int:
     lines = [
         "# HAM optimizer step benchmark (CPU)",
         "",
-        "Produced by `python scripts/bench_optim.py`: one process, one shared set of ResNet-50-shaped",
+        f"Produced by `{shlex.join(['python', 'scripts/bench_optim.py', *sys.argv[1:]])}`: one process, one shared "
+        "set of ResNet-50-shaped",
         f"parameters and gradients ({len(shapes)} tensors, {total / 1e6:.2f}M parameters, {covered / 1e6:.2f}M",
         "covered by HAM: ndim >= 2), steps of all methods interleaved round-robin. HAM: alpha = 200,",
         "beta = 1e-3, clamp = 5, SGD lr 0.1 momentum 0.9 wd 1e-4 (foreach), AdamW lr 1e-3 wd 1e-2 (foreach).",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__},",
-        f"{torch.get_num_threads()} torch thread(s). The cores were SHARED with other processes (load average",
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores), so wall-clock times are",
-        "noisy; the CPU column (time.thread_time() of the stepping thread, i.e. work done, not waiting) is the",
-        f"steadier measure. Compare ratios within this table. Total run time {elapsed:.0f} s.",
+        f"{torch.get_num_threads()} torch thread(s); 1-minute load average {load_before[0]:.1f} before and "
+        f"{load_after[0]:.1f} after, on {os.cpu_count()} cores"
+        + (" (SHARED with other processes, so wall-clock times are noisy)" if max(load_before[0], load_after[0])
+           > 1.0 else " (otherwise idle)") + ". The CPU column (time.thread_time() of the stepping thread, i.e.",
+        f"work done, not waiting) is the steadier measure. Compare ratios within this table. Total run time "
+        f"{elapsed:.0f} s.",
         "",
         "| method | wall median ms | wall IQR ms | wall ratio to base | CPU median ms | CPU ratio to base "
         "| extra persistent state | n |",

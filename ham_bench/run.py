@@ -105,7 +105,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_state: dict | None = No
                                 position=sparsifier.schedule_position)
     settings = TrainerSettings(
         epochs=cfg.epochs, label_smoothing=cfg.label_smoothing, precision=cfg.precision,
-        channels_last=cfg.channels_last, progress=cfg.progress, log_every=cfg.log_every,
+        channels_last=cfg.channels_last, compile=bool(cfg.get("compile", False)), progress=cfg.progress,
+        log_every=cfg.log_every,
         stop_after_epochs=cfg.get("stop_after_epochs"), is_main_process=distributed.is_main_process(),
         num_classes=data.num_classes, divergence_factor=cfg.get("divergence_factor", 10.0),
         extra_row={"eval_split": data.eval_split_name})

@@ -68,4 +68,6 @@ def build_scheduler(optimizer, cfg: Mapping, steps_per_epoch: int, total_steps: 
                     position: Callable[[int], int] | None = None) -> LambdaLR:
     """A per-step ``LambdaLR`` following ``cfg`` (see ``configs/schedule/``); step ``t`` at ``position(t)``."""
     position = position or (lambda step: step)
-    return LambdaLR(optimizer, lambda step: lr_factor(position(step), cfg, steps_per_epoch, total_steps))
+    # plain values: a key read from an OmegaConf node costs ~10 us, and LambdaLR asks every group every step
+    plain = {key: (list(cfg[key]) if key == "milestones" else cfg[key]) for key in cfg}
+    return LambdaLR(optimizer, lambda step: lr_factor(position(step), plain, steps_per_epoch, total_steps))

@@ -32,9 +32,9 @@ __all__ = ["ConfigError", "GROUPS", "RUN_KEYS", "one_line", "validate_config"]
 
 GROUPS = ("dataset", "model", "optimizer", "ham", "sparsifier", "schedule", "logger")
 RUN_KEYS = ("seed", "epochs", "batch_size", "eval_batch_size", "label_smoothing", "num_workers", "device",
-            "precision", "channels_last", "progress", "log_every", "ham_warn_clamp_fraction", "divergence_factor",
-            "stop_after_epochs", "checkpoint_every_steps", "checkpoint_every_minutes", "dump_masks_at", "resume",
-            "force")
+            "precision", "channels_last", "compile", "progress", "log_every", "ham_warn_clamp_fraction",
+            "divergence_factor", "stop_after_epochs", "checkpoint_every_steps", "checkpoint_every_minutes",
+            "dump_masks_at", "resume", "force")
 WANDB_KEYS = ("enabled", "project", "entity", "mode", "tags", "group")
 
 
@@ -83,7 +83,7 @@ def _check_run_keys(cfg: Mapping) -> None:
     number("ham_warn_clamp_fraction", cfg.get("ham_warn_clamp_fraction", 0.01), low=0.0, high=1.0, where="")
     if cfg.get("precision", "fp32") not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be one of [fp32, bf16], got {cfg.get('precision')!r}")
-    for key, default in (("channels_last", True), ("progress", True), ("force", False)):
+    for key, default in (("channels_last", True), ("compile", False), ("progress", True), ("force", False)):
         if not isinstance(cfg.get(key, default), bool):
             raise ConfigError(f"{key} must be true or false, got {cfg.get(key)!r}")
     device = cfg.get("device", "auto")

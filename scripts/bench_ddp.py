@@ -47,6 +47,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ham_bench.engine.bookkeeper import Bookkeeper  # noqa: E402
 from ham_bench.engine.step import train_step  # noqa: E402
 from ham_bench.models import build_model  # noqa: E402
 from ham_bench.optim import build_optimizer  # noqa: E402
@@ -86,6 +87,7 @@ class Variant:
                    "implementation": ham_implementation} if ham else None
         self.optimizer = build_optimizer(self.model, SGD, ham_cfg)
         self.sparsifier.bind_optimizer(self.optimizer)
+        self.bookkeeper = Bookkeeper(self.sparsifier, self.optimizer)  # the trainer's: one per run
         self.criterion = nn.CrossEntropyLoss()
         self.step_index = 0
 
@@ -102,7 +104,7 @@ class Variant:
 
         autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
         train_step(self.train_model, self.optimizer, self.sparsifier, x, y, self.step_index, self.criterion,
-                   autocast, mark=mark)
+                   autocast, mark=mark, bookkeeper=self.bookkeeper)
         self.step_index += 1
         times["step"] = sum(times[p] for p in PHASES)
         return times

@@ -61,9 +61,31 @@ What other modules need to know is declared, never guessed:
   parameters (STR, Sign-In, PILoT); ``effective_weights()`` gives the result.
 - ``unused_parameters_under_ddp``: some parameters may get no gradient in a
   step (STR after its projection): DDP must look for unused parameters.
+- ``changes_masks_after_step(step)``: ``after_step(step)`` may change
+  ``masks()`` (prune weights the optimizer has just updated, e.g. AC/DC's
+  compression). The engine then counts that step's sign flips from signs taken
+  before the optimizer step instead of inside the optimizer's kernels, which
+  compare each weight before and after its update and would count a weight
+  pruned afterwards. Default: where ``trains_dense`` changes between ``step``
+  and ``step + 1``, and where ``rewinds_weights(step)``. A method that changes
+  masks in ``after_step`` elsewhere (GMP, SET, MEST, IMP/LRR round ends) must
+  say so; the engine raises if the masks handed over below change in an
+  undeclared ``after_step``.
 - ``schedule_warnings()``: after ``attach``, what this run's length keeps the
   method from doing (no DST update, an AC/DC phase shorter than a step, no
   fine-tuning after a projection); logged and recorded in summary.json.
+
+Masks handed to the optimizer (the engine's bookkeeping, ``ham_bench.engine.bookkeeper``):
+``optimizer_masks()`` gives the ``(tensor, mask)`` pairs an optimizer may
+enforce in the method's place, in the kernel that updates the tensor anyway
+(gradient masked before the update, weight masked after it; default: none).
+For one step the engine sets ``masks_applied_by_optimizer`` to the keys it
+hands over, each with the mask object and its version (``Tensor._version``)
+the optimizer applies; ``mask_gradients`` skips those keys, so
+``before_step`` sees their raw gradients (the optimizer and SAM's
+perturbation still never see inactive ones), and the re-masking after the
+step skips a key only while its mask is still the one the optimizer applied
+(a mask changed in ``after_step`` is applied by the method).
 
 Reports: ``masks()`` (current bool masks by ``<layer>.weight``) and
 ``masked_tensors()`` (the tensor each mask applies to),
@@ -124,6 +146,8 @@ class Sparsifier:
     distributions: tuple[str, ...] | None = None
     reparameterizes_weights = False
     unused_parameters_under_ddp = False
+    # key -> (mask, its _version) the optimizer applies in this step (None: not handed yet); set by the engine
+    masks_applied_by_optimizer: Mapping[str, tuple[torch.Tensor, int] | None] = {}
 
     def __init__(self, sparsity: float | None = None, distribution: str | None = None,
                  dense_first: bool | None = None, dense_last: bool | None = None,
@@ -180,6 +204,10 @@ class Sparsifier:
         """True when ``after_step(step)`` restored the weights from a snapshot (IMP's weight rewinding)."""
         return False
 
+    def changes_masks_after_step(self, step: int) -> bool:
+        """True when ``after_step(step)`` may change ``masks()`` (module docstring: the engine's flip count)."""
+        return self.trains_dense(step) != self.trains_dense(step + 1) or self.rewinds_weights(step)
+
     # ---- per step ----------------------------------------------------------------------
     def mask_gradients(self) -> None:
         """After every backward pass."""
@@ -214,6 +242,10 @@ class Sparsifier:
 
     def masked_tensors(self) -> dict[str, torch.Tensor]:
         """The tensor each mask of ``masks()`` applies to (the weight, or the factor w of m * w)."""
+        return {}
+
+    def optimizer_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``(tensor, bool mask)`` by key that an optimizer may enforce in this method's place (module docstring)."""
         return {}
 
     def target_densities(self) -> dict[str, float]:

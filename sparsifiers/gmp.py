@@ -99,6 +99,9 @@ class GMP(BudgetedPruning):
     def trains_dense(self, step: int) -> bool:
         return step <= self.t0
 
+    def changes_masks_after_step(self, step: int) -> bool:
+        return self.is_update_step(step)  # after_step prunes
+
     # ---- hooks -----------------------------------------------------------------------
     def after_step(self, step: int) -> None:
         self.apply_masks()

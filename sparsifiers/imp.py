@@ -118,6 +118,9 @@ class IMP(BudgetedPruning):
     def trains_dense(self, step: int) -> bool:
         return self.rounds.round_of(step) == 0
 
+    def changes_masks_after_step(self, step: int) -> bool:
+        return self.rounds.ends_round(step)  # after_step prunes (and, for IMP, rewinds)
+
     # ---- hooks -----------------------------------------------------------------------
     def after_step(self, step: int) -> None:
         self.apply_masks()

@@ -5,7 +5,10 @@ A ``MaskedSparsifier`` keeps its masks in ``mask_by_name`` (``<layer>.weight``
 density-1 layers have none). Gradients of masked entries are zeroed after
 every backward and weights re-masked after every optimizer step (after HAM
 too), so masked weights stay exactly zero under momentum, weight decay and
-HAM. A method overrides what makes it different:
+HAM. Unless the layers are reparameterized, the masks may be handed to the
+optimizer instead (``optimizer_masks``, ``sparsifiers.base``): the kernel that
+updates a weight then masks its gradient and the weight itself, and the two
+passes here skip it for that step. A method overrides what makes it different:
 
 - ``initial_masks()`` (default: exact-count random masks at the target
   densities, i.e. Random PaI, which is this class under its own name) and ``initial_densities()`` (default: the
@@ -116,15 +119,24 @@ class MaskedSparsifier(Sparsifier):
         self.mask_by_name = dict(masks)
         if self.mask_by_name and self.selection.distribution == "global":  # device tensors: no sync here
             self.chosen_densities = {key: mask.float().mean() for key, mask in self.mask_by_name.items()}
-        self.apply_masks()
+        self.apply_masks()  # a subclass's apply_masks (spred: both factors); new masks are never skipped
         if reset_pruned_state:
             for key, mask in self.mask_by_name.items():
                 self.tensors.reset_entries(self.optimizer, key, keep=mask)
 
     @torch.no_grad()
     def apply_masks(self) -> None:
+        """Re-mask; skips a mask the optimizer applied in this step (the same object, unchanged since): in
+        force already."""
+        applied = self.masks_applied_by_optimizer
+        self._mask_tensors(skip={key for key, seen in applied.items() if seen is not None
+                                 and seen[0] is self.mask_by_name.get(key) and seen[0]._version == seen[1]})
+
+    @torch.no_grad()
+    def _mask_tensors(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
         for key, mask in self.mask_by_name.items():
-            self.tensors.get(key).mul_(mask)
+            if key not in skip:
+                self.tensors.get(key).mul_(mask)
 
     # ---- hooks --------------------------------------------------------------------------------
     def trains_dense(self, step: int) -> bool:
@@ -132,7 +144,10 @@ class MaskedSparsifier(Sparsifier):
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
+        skip = self.masks_applied_by_optimizer
         for key, mask in self.mask_by_name.items():
+            if key in skip:
+                continue
             grad = self.tensors.get(key).grad
             if grad is not None:
                 grad.mul_(mask)
@@ -145,6 +160,13 @@ class MaskedSparsifier(Sparsifier):
 
     def masked_tensors(self) -> dict[str, torch.Tensor]:
         return {key: self.tensors.get(key) for key in self.mask_by_name}
+
+    def optimizer_masks(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The masks this class enforces, on their tensors; none for reparameterized layers (their hooks
+        do more around the masking than the optimizer would)."""
+        if self.reparameterizes_weights:
+            return {}
+        return {key: (self.tensors.get(key), mask) for key, mask in self.mask_by_name.items()}
 
     def target_densities(self) -> dict[str, float]:
         """Per-layer targets. Under ``global`` only the total is fixed: every masked layer shows ``1 - sparsity``

@@ -138,6 +138,9 @@ class MEST(DynamicSparsifier):
     def grow_scores(self, key: str, step: int, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.random_scores(key, step, self.mask_by_name[key])
 
+    def changes_masks_after_step(self, step: int) -> bool:
+        return step + 1 in self.positions  # after_step prunes and regrows
+
     def after_step(self, step: int) -> None:
         self.apply_masks()
         numel = sum(mask.numel() for mask in self.mask_by_name.values())

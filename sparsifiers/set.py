@@ -49,6 +49,9 @@ class SET(DropFractionSchedule):
     name = "set"
     metric_prefix = "set"
 
+    def changes_masks_after_step(self, step: int) -> bool:
+        return self.is_update_step(step)  # after_step drops and regrows
+
     def after_step(self, step: int) -> None:
         self.apply_masks()
         if self.is_update_step(step):

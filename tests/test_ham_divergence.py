@@ -110,7 +110,8 @@ def test_the_cli_warns_for_alpha_200_and_records_it(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "warn_exponent=0.05" in line]
     assert len(lines) == 1 and "[WARNING] - HAM: the mean |exponent| per weight and step is" in lines[0]
-    assert "(alpha=200, lr=0.05)" in lines[0]
+    # the trainer reads HAM's deferred checks at its log_every reads: the message is still step 1's, at step 1's lr
+    assert "at HAM step 1 " in lines[0] and "(alpha=200, lr=0.05)" in lines[0]
     record = summary(tmp_path / "run")
     assert any("warn_exponent=0.05" in w for w in record["warnings"])
 
@@ -128,7 +129,8 @@ def test_a_non_finite_loss_with_ham_names_alpha_and_the_exponents(tmp_path):
     assert result.returncode == 3 and "Traceback" not in result.stderr
     line = last_line(result.stderr)
     assert line.startswith("error: non-finite training loss at epoch 1, step 9 of 9: nan (HAM alpha=20, beta=0.001; ")
-    assert "the last finite check (step 1): mean |exponent| 0.213" in line
+    # the check steps 1, 2, 4, 8 are read at the epoch's one log read (step 9); 8's exponents are already NaN
+    assert re.search(r"the last finite check \(step 4\): mean \|exponent\| \d", line), line
     assert "a mean |exponent| above 0.05 means alpha is too large" in line
 
 
@@ -147,3 +149,29 @@ def test_the_factory_passes_the_warning_settings_and_defaults_them():
     assert build_optimizer(model, sgd, {"enabled": True})._divergence.threshold == 0.05
     opt = build_optimizer(model, sgd, {"enabled": True, "warn_exponent": None, "warn_every": 7})
     assert opt._divergence.threshold is None and opt._divergence.every == 7
+
+
+def test_deferred_checks_run_only_at_the_callers_reads_and_warn_there(loader):
+    """The trainer's way (HamMeter): check steps only make a check due; check_divergence() at a read runs it."""
+    model = mlp()
+    opt = HAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), alpha=200.0, implementation="foreach")
+    opt.defer_divergence_checks()
+    reads_before_warning = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step, (x, y) in enumerate(loader):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if not any(issubclass(w.category, HAMDivergenceWarning) for w in caught):
+                reads_before_warning.append(step)
+                assert opt._divergence.message is None  # no check ran inside a step
+            if (step + 1) % 3 == 0:
+                opt.check_divergence()
+            if step == 8:
+                break
+    found = [w for w in caught if issubclass(w.category, HAMDivergenceWarning)]
+    assert len(found) == 1 and "above warn_exponent=0.05 (alpha=200, lr=0.1)" in str(found[0].message)
+    assert found[0].filename == __file__  # points at the caller's check_divergence()
+    assert reads_before_warning[-1] % 3 == 2  # it came at a read (steps 2, 5, 8), not at a check step
+    assert "at HAM step 4 " in str(found[0].message)  # the check step (1, 2: below the threshold), read at step 6

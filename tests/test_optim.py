@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ham_bench.optim import HAM, SAM, build_optimizer
-from ham_bench.optim import ham_kernels
+from ham_bench.optim import FusedOptimizer, kernel_cache
 from sparsifiers.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -475,7 +475,7 @@ def test_nesterov_foreach_sgd_raw_gradient_for_float64_and_bfloat16(variant, imp
 
 def _changes_grad(optimizer_cls, kwargs, steps=3) -> tuple[bool, bool]:
     """(whether HAM's rule expects writes into p.grad, whether the real step wrote into it)."""
-    from ham_bench.optim.ham import _may_write_grad
+    from ham_bench.optim.ham_foreach import may_write_grad
 
     g = torch.Generator().manual_seed(0)
     p = nn.Parameter(torch.randn(4, 3, generator=g))
@@ -490,7 +490,7 @@ def _changes_grad(optimizer_cls, kwargs, steps=3) -> tuple[bool, bool]:
         else:
             opt.step()
         wrote = wrote or not torch.equal(p.grad, raw)
-    return _may_write_grad(opt, opt.param_groups[0]), wrote
+    return may_write_grad(opt, opt.param_groups[0]), wrote
 
 
 def _flag_grid(**choices):
@@ -544,11 +544,11 @@ def test_grad_write_rule_matches_installed_torch(optimizer_cls, grid):
 
 def test_lbfgs_evaluates_its_closure_and_leaves_its_gradients():
     """LBFGS needs the closure inside its step (it re-evaluates it): HAM hands it over."""
-    from ham_bench.optim.ham import _may_write_grad
+    from ham_bench.optim.ham_foreach import may_write_grad
 
     params = make_params()
     opt = HAM(torch.optim.LBFGS(params, lr=0.1, max_iter=3), alpha=ALPHA, beta=BETA, implementation="foreach")
-    assert not _may_write_grad(opt.base_optimizer, opt.param_groups[0])
+    assert not may_write_grad(opt.base_optimizer, opt.param_groups[0])
     last = []
 
     def closure():
@@ -695,8 +695,8 @@ def test_compile_failure_in_auto_falls_back_to_foreach(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(ham_kernels, "compiled_kernel", broken)
-    monkeypatch.setattr("ham_bench.optim.ham_fused._WARMED", set())
+    monkeypatch.setattr(kernel_cache, "compiled_kernel", broken)
+    monkeypatch.setattr(kernel_cache, "_WARMED", {})
     expected, _ = run_ham("sgd", "hyp_star", "foreach", 2, [LR] * 2)
     with pytest.warns(RuntimeWarning, match="foreach"):
         got, opt = run_ham("sgd", "hyp_star", "auto", 2, [LR] * 2)
@@ -763,7 +763,7 @@ def test_build_optimizer_groups_and_wrapping():
     cfg = OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
     opt = build_optimizer(net, cfg, {"enabled": False},
                           extra_groups=[{"params": [net.threshold], "weight_decay": 1e-3, "ham": False}])
-    assert type(opt) is torch.optim.SGD
+    assert type(opt) is FusedOptimizer and type(opt.base_optimizer) is torch.optim.SGD  # HAM off: fused bookkeeping
     decay, no_decay, extra = opt.param_groups
     assert {id(p) for p in decay["params"]} == {id(net.conv.weight), id(net.fc.weight)}
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0

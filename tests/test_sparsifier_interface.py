@@ -1,10 +1,13 @@
 """The interface additions every method may use: data at attach, LR-schedule positions, weight rewinds, seeded draws."""
 
+import pytest
 import torch
 from torch import nn
 
 from ham_bench.data import InMemoryImageDataset, seeded_batches
+from ham_bench.engine.step import train_step
 from ham_bench.metrics.sign_flips import SignFlipMeter
+from ham_bench.optim import HAM
 from ham_bench.schedule import build_scheduler, lr_factor
 from sparsifiers import TrainingContext, build_sparsifier
 from sparsifiers.base import Sparsifier
@@ -49,28 +52,45 @@ def test_schedule_follows_the_sparsifiers_position():
     assert Sparsifier().schedule_position(17) == 17 and Sparsifier().rewinds_weights(3) is False
 
 
-def test_sign_flip_meter_does_not_count_a_rewind():
+@pytest.mark.parametrize("implementation", ["foreach", "compiled"])
+def test_a_rewinding_step_counts_no_flips_and_the_next_counts_from_the_restored_weights(implementation):
     class Rewinder(Sparsifier):
+        """Restores the weights of step 0's start in after_step(2), as IMP does at a round end."""
+
+        def attach(self, model, context):
+            super().attach(model, context)
+            self.start = {key: w.clone() for key, w in self.effective_weights().items()}
+
         def rewinds_weights(self, step):
-            return step == 1
+            return step == 2
 
-    layer = nn.Linear(3, 2, bias=False)
+        def after_step(self, step):
+            if step == 2:
+                with torch.no_grad():
+                    for key, layer in self.layers.items():
+                        layer.weight.copy_(self.start[f"{key}.weight"])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     sparsifier = Rewinder()
-    sparsifier.attach(nn.Sequential(layer), TrainingContext(epochs=1, steps_per_epoch=3))
+    sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=5))
+    optimizer = HAM(torch.optim.SGD(model.parameters(), lr=2.0, momentum=0.9), alpha=1.0,
+                    implementation=implementation)
     meter = SignFlipMeter(sparsifier)
-    start = layer.weight.detach().clone()
-
-    class Record:
-        def __init__(self, step):
-            self.step = step
-
-    with torch.no_grad():
-        layer.weight.neg_()
-        meter.on_step(Record(0))  # 6 real flips
-        layer.weight.copy_(start)
-        meter.on_step(Record(1))  # the method restored the old weights: not flips
-        meter.on_step(Record(2))  # nothing moved since the restore
-    assert meter.epoch_report(0, sparsifier.effective_weights())["sign_flips"] == 6
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    previous = {key: torch.sign(w) for key, w in sparsifier.effective_weights().items()}
+    counts = []
+    for step in range(5):
+        record = train_step(model, optimizer, sparsifier, x, y, step)
+        meter.on_step(record)
+        now = {key: torch.sign(w) for key, w in sparsifier.effective_weights().items()}
+        changed = sum(int(((previous[k] * now[k]) < 0).sum()) for k in now)
+        counts.append(int(record.sign_flips.sum()))
+        assert counts[-1] == (0 if step == 2 else changed), f"step {step}"
+        restored = changed if step == 2 else restored if step > 2 else 0
+        previous = now
+    assert restored > 0 and sum(counts) > 0  # the rewind did turn signs back, and was not counted
+    assert meter.epoch_report(0, sparsifier.effective_weights())["sign_flips"] == sum(counts)
 
 
 def test_step_generator_depends_on_seed_step_and_salt_only():

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from ham_bench import distributed
 from ham_bench.engine import health, trainer_state
+from ham_bench.engine.bookkeeper import Bookkeeper
 from ham_bench.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ham_bench.engine.health import DivergedError, NonFiniteLossError
 from ham_bench.engine.preemption import Interrupted
@@ -80,6 +81,7 @@ class TrainerSettings:
     label_smoothing: float = 0.0
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training model (forward and backward)
     progress: bool = True
     log_every: int = 20
     stop_after_epochs: int | None = None
@@ -96,6 +98,8 @@ class Trainer:
                  schedule: CheckpointSchedule | None = None):
         self.model = model
         self.train_model = model if train_model is None else train_model
+        if settings.compile:
+            self.train_model = torch.compile(self.train_model)
         self.train_loader = train_loader
         self.eval_loader = eval_loader
         self.optimizer = optimizer
@@ -109,6 +113,7 @@ class Trainer:
         self.seed = seed
         self.checkpoint_extra = checkpoint_extra or {}
         self.schedule = schedule or CheckpointSchedule()
+        self.bookkeeper = Bookkeeper(sparsifier, optimizer)  # masks and sign flips inside the optimizer step
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
         self.steps_per_epoch = len(train_loader)
         self.start_epoch = 0
@@ -202,7 +207,7 @@ class Trainer:
             x, y = self._to_device(x, y)
             step = epoch * self.steps_per_epoch + index
             record = train_step(self.train_model, self.optimizer, self.sparsifier, x, y, step, self.criterion,
-                                self._autocast)
+                                self._autocast, bookkeeper=self.bookkeeper)
             self.scheduler.step()
             for meter in self.meters:
                 meter.on_step(record)

@@ -5,7 +5,9 @@ Row keys (when the optimizer is HAM with diagnostics on): ``ham_mean_abs_exponen
 (``HAM.diagnostics``). Every ``log_every`` steps (and at the epoch's last
 step) the meter peeks at the statistics so far (one host sync) and warns,
 once per epoch, when more than ``warn_clamp_fraction`` of the exponents sit at
-the clamp: alpha is then too large for the gradient scale.
+the clamp: alpha is then too large for the gradient scale. HAM's own
+divergence check (``ham_bench.optim.divergence``) is deferred to those reads
+too, so no other step syncs with the device.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ class HamMeter(Meter):
         self.warn_clamp_fraction = float(warn_clamp_fraction)
         self.warn = warn
         self.warned = False
+        if callable(getattr(optimizer, "defer_divergence_checks", None)):
+            optimizer.defer_divergence_checks()
 
     def on_step(self, record) -> None:
         index = record.step % self.steps_per_epoch
-        if self.warned or not ((index + 1) % self.log_every == 0 or index + 1 == self.steps_per_epoch):
+        if not ((index + 1) % self.log_every == 0 or index + 1 == self.steps_per_epoch):
+            return
+        if callable(getattr(self.optimizer, "check_divergence", None)):
+            self.optimizer.check_divergence()
+        if self.warned:
             return
         fraction = self.optimizer.diagnostics(reset=False).get("ham_clamp_fraction", 0.0)
         if fraction > self.warn_clamp_fraction:

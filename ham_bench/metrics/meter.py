@@ -1,7 +1,8 @@
 """The meter protocol: what every metric implements, with do-nothing defaults.
 
 A meter is told facts by the step record (``ham_bench.engine.step.StepRecord``:
-optimizer stepped or skipped, passes, dense gradient, masks), by the
+optimizer stepped or skipped, passes, dense gradient, masks, the step's sign
+flips per tracked weight, counted by the engine's bookkeeping), by the
 optimizer (e.g. HAM's ``covered_numel()``) and by the sparsifier's declared
 properties (``sparsifiers.base``); it never reads configs or guesses from
 names. The trainer calls, on every rank:

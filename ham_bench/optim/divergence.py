@@ -36,6 +36,15 @@ When it is checked, so that no other step syncs with the device:
   covered weights per check step, none otherwise. The update itself is not
   touched, so a run's numbers do not depend on the check.
 
+A training loop that reads from the device every few steps anyway can take
+the checks into its own reads (the trainer does: ``HamMeter``):
+:meth:`HAM.defer_divergence_checks` makes a check step only mark a check as
+due, and :meth:`HAM.check_divergence` (called at the loop's reads) runs it, so
+no step outside those reads syncs. With diagnostics off, a deferred check step
+still computes its exponent statistics (the extra pass) on the device, and with
+diagnostics on it copies the accumulated ones; the read takes them in step
+order, so messages name the check steps and their statistics as before.
+
 Steps taken inside a ``torch.compile``'d region are not checked (nothing is
 read from the device there).
 """
@@ -54,6 +63,7 @@ __all__ = ["HAMDivergenceWarning", "DivergenceWatch", "WARN_EXPONENT", "WARN_EVE
 
 WARN_EXPONENT = 0.05
 WARN_EVERY = 100
+MAX_PENDING = 16  # deferred checks kept until the caller reads them (a caller that never reads keeps the latest)
 
 
 class HAMDivergenceWarning(RuntimeWarning):
@@ -87,8 +97,9 @@ def _stats_text(stats: dict) -> str:
 
 
 @torch.no_grad()
-def probe(ham) -> dict[str, float]:
-    """This step's exponent statistics, recomputed from p.grad and the weights' signs (one host sync)."""
+def probe_on_device(ham) -> tuple[list[Tensor], int] | None:
+    """This step's exponent statistics, recomputed from p.grad and the weights' signs, left on the device:
+    ([float64[3] per device: sum |exponent|, count at the clamp, max |exponent|], weights counted); no sync."""
     totals: dict[torch.device, Tensor] = {}
     count = 0
     for group, alpha, beta, params in ham._covered_by_group():
@@ -106,12 +117,32 @@ def probe(ham) -> dict[str, float]:
             acc[1] += (exponent >= ham.clamp).sum()
             acc[2] = torch.maximum(acc[2], exponent.max().double())
             count += p.numel()
-    if not count:
+    return (list(totals.values()), count) if count else None
+
+
+def read_probe(probed: tuple[list[Tensor], int] | None, steps: int = 1) -> dict[str, float]:
+    """Statistics left on the device (``probe_on_device``'s, or HAM's diagnostics accumulators over
+    ``steps`` steps) as numbers (one host sync)."""
+    if probed is None or not probed[0] or not probed[1]:
         return {}
-    values = torch.stack([acc.cpu() for acc in totals.values()])
+    totals, count = probed
+    values = torch.stack([acc.cpu() for acc in totals])
     return {"ham_mean_abs_exponent": values[:, 0].sum().item() / count,
             "ham_clamp_fraction": values[:, 1].sum().item() / count,
-            "ham_max_abs_exponent": values[:, 2].max().item(), "ham_steps": 1.0}
+            "ham_max_abs_exponent": values[:, 2].max().item(), "ham_steps": float(steps)}
+
+
+def probe(ham) -> dict[str, float]:
+    """This step's exponent statistics, recomputed from p.grad and the weights' signs (one host sync)."""
+    return read_probe(probe_on_device(ham))
+
+
+def _lr_now(ham):
+    """The first group's lr as it is now, without a host read (a tensor lr is copied)."""
+    for group in ham.param_groups:
+        lr = group["lr"]
+        return lr.detach().clone() if isinstance(lr, Tensor) else float(lr)
+    return None
 
 
 class DivergenceWatch:
@@ -120,6 +151,9 @@ class DivergenceWatch:
     def __init__(self, threshold: float | None = WARN_EXPONENT, every: int = WARN_EVERY):
         self.threshold, self.every = check_settings(threshold, every)
         self.steps = 0
+        self.deferred = False  # check steps leave their statistics on the device; the caller reads them (check_due)
+        self.due = False
+        self.pending: list[tuple[int, Any, Any]] = []  # (step, lr, probe_on_device's result), diagnostics off
         self.message: str | None = None          # the warning, once given (a run's summary records it)
         self.last: dict[str, float] | None = None          # the latest statistics checked
         self.last_finite: dict[str, float] | None = None   # ... the latest finite ones, and at which step
@@ -142,21 +176,48 @@ class DivergenceWatch:
         self.steps += 1
         if not self.enabled or self.message is not None or not self.is_check_step(self.steps):
             return
+        if self.deferred:
+            self.due = True
+            # this step's statistics, computed or copied now on the device, read at the caller's read
+            if ham.diagnostics_enabled:
+                kept = ([acc.clone() for acc in ham._diag_acc.values()], ham._diag_count), ham._diag_steps
+            else:
+                kept = probe_on_device(ham), 1
+            self.pending = self.pending[-(MAX_PENDING - 1):] + [(self.steps, _lr_now(ham), *kept)]
+            return
+        self._check_now(ham, stacklevel + 1)
+
+    def check_due(self, ham, stacklevel: int = 2) -> None:
+        """Read the checks deferred check steps made due, if any, in step order (one host sync then; none
+        otherwise). With diagnostics on, each is the accumulated statistics as they stood at its step."""
+        pending, self.pending = self.pending, []
+        if not self.due or torch.compiler.is_compiling():
+            return
+        self.due = False
+        span = " (the mean since the diagnostics were last reset)" if ham.diagnostics_enabled else ""
+        for step, lr, probed, steps in pending:
+            lr = float(lr.item()) if isinstance(lr, Tensor) else lr
+            self.check(ham, read_probe(probed, steps), f"at HAM step {step}{span}", stacklevel=stacklevel + 1,
+                       step=step, lr=lr)
+
+    def _check_now(self, ham, stacklevel: int) -> None:
         if ham.diagnostics_enabled:
             self.check(ham, ham.diagnostics(reset=False, check=False), stacklevel=stacklevel + 1)
         else:
             self.check(ham, probe(ham), f"at HAM step {self.steps}", stacklevel=stacklevel + 1)
 
-    def check(self, ham, stats: dict[str, float], span: str | None = None, stacklevel: int = 2) -> None:
-        """Look at exponent statistics already read from the device; warn once if they say divergence."""
+    def check(self, ham, stats: dict[str, float], span: str | None = None, stacklevel: int = 2,
+              step: int | None = None, lr: float | None = None) -> None:
+        """Look at exponent statistics already read from the device (of HAM step ``step`` at learning rate
+        ``lr``; default: now); warn once if they say divergence."""
         if not stats:
             return
-        lr = _lr(ham)
+        lr = _lr(ham) if lr is None else lr
         self.last = stats = {**stats, "lr": lr}
         mean = stats["ham_mean_abs_exponent"]
         finite = math.isfinite(mean) and math.isfinite(stats["ham_max_abs_exponent"])
         if finite:
-            self.last_finite, self.last_finite_step = stats, self.steps
+            self.last_finite, self.last_finite_step = stats, self.steps if step is None else step
         if not self.enabled or self.message is not None:
             return
         span = span or f"at HAM step {self.steps} (the mean since the diagnostics were last reset)"

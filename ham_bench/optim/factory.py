@@ -14,6 +14,7 @@ from sparsifiers.config import ConfigError, choice, flag, number
 
 from .divergence import WARN_EVERY, WARN_EXPONENT
 from .exempt import no_weight_decay_ids
+from .fused import FusedOptimizer
 from .ham import HAM, IMPLEMENTATIONS, VARIANTS
 from .sam import SAM
 
@@ -165,6 +166,9 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
     ``alpha``, ``beta``, ``clamp``, ``implementation``, ``diagnostics``,
     ``warn_exponent`` (> 0, or null: no divergence warning), ``warn_every``
     (defaults as in :class:`HAM`), ``cover_no_weight_decay`` (default false).
+    With HAM off, SGD and AdamW come wrapped in :class:`FusedOptimizer` (the
+    base's own step, with the engine's bookkeeping fused into the update of
+    the weights it hands over), SAM as it is.
 
     Parameters the model names in its ``no_weight_decay()`` (timm: pos_embed,
     cls_token, ...; ``ham_bench.optim.exempt``) form their own group:
@@ -213,7 +217,10 @@ def build_optimizer(model_or_named_params, optimizer_cfg, ham_cfg=None, extra_gr
         optimizer = SAM(groups, base_cls, **settings.sam, **common)
     else:
         optimizer = base_cls(groups, **common)
-    return optimizer if settings.ham is None else HAM(optimizer, **settings.ham)
+    if settings.ham is not None:
+        return HAM(optimizer, **settings.ham)
+    # HAM off: the same fused kernels take the engine's bookkeeping (masks, sign flips), without HAM's factor
+    return optimizer if settings.sam is not None else FusedOptimizer(optimizer)
 
 
 def _clamp(ham: dict) -> float:

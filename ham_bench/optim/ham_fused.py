@@ -1,271 +1,283 @@
-"""The compiled path of HAM (Hyperbolic Aware Minimization, ICLR 2026): planning and kernel calls.
+"""The compiled path of the fused optimizers (HAM: Hyperbolic Aware Minimization, ICLR 2026): planning and calls.
 
-``CompiledSteps`` is mixed into :class:`ham_bench.optim.HAM`; it uses HAM's
-settings (variant, clamp, diagnostics) and the base optimizer's state. Kernels
-take plain 1-D tensors aliasing each parameter's memory and one float32
-``hyper`` tensor of scalars, so neither tensor shapes nor LR schedules
-recompile them. Every kernel a step needs is compiled on dummies before any
-real tensor is touched, so a failed compile can still fall back cleanly.
+For exactly ``torch.optim.SGD``, ``Adam`` and ``AdamW`` param groups without
+amsgrad/capturable/fused/differentiable, with the learning rate and weight
+decay given as numbers, a float32 parameter of one dense layout (contiguous or
+channels-last) is updated by ONE kernel (``ham_kernels``) that does the base
+update, HAM's factor when HAM covers it, and the engine's bookkeeping when it
+was handed over (``bookkeeping``: gradient and weight masking, sign-flip
+count), writing the base's own state (momentum_buffer, exp_avg, exp_avg_sq,
+step). The kernels read ``p.grad`` in the same pass as the base update, before
+anything can write into it (the base's ``step()`` never sees those params): no
+copy of the raw gradient. The base optimizer's ``step()`` still runs for every
+other parameter (biases, norms, parameters nothing asked for). For any other
+base (SAM, RMSprop, ...) the base steps first, then one compiled HAM pass per
+covered tensor (``ham_foreach.AfterBaseSteps``). Tensors the kernels cannot take
+(not float32, odd layouts, lr given as a device tensor) use the foreach path.
+
+Without HAM's factor (``FusedOptimizer``, HAM off) the SGD kernels round as
+torch's CPU SGD does (each ``add(alpha=)`` one fused multiply-add), so a
+HAM-off SGD run is bit for bit torch's; Adam(W) and the kernels with HAM's
+factor reproduce the math up to float32 rounding (HAM's kernels keep the
+arithmetic the recorded golden outputs were made with). Parameters with
+sparse gradients get the base step only.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import compile_time
-from . import ham_kernels as K
+from . import kernel_cache as C
+from .bookkeeping import StepBookkeeping, around
+from .ham_kernels import KernelSpec
+
+__all__ = ["FUSABLE", "FusedSteps"]
+
+FUSABLE = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adam"}
 
 
-def scalar(value: Any) -> float | None:
-    """A Python float for a number or a CPU scalar tensor; None for a device tensor."""
-    if isinstance(value, Tensor):
-        if value.device.type != "cpu" or value.numel() != 1:
-            return None
-        return float(value.item())
-    return float(value)
+class FusedSteps:
+    """Mixed into the fused optimizers: the bookkeeping protocol and the fused step.
 
-
-def _flat(t: Tensor) -> Tensor:
-    """A plain 1-D tensor over a dense tensor's memory (contiguous or channels-last).
-
-    Not a view: dynamo guards on a view's base, which would recompile the kernels
-    for every distinct parameter shape.
+    Uses ``base_optimizer``, ``implementation``, ``variant``, ``clamp``, ``diagnostics_enabled``,
+    ``_fusable`` (``FUSABLE`` of the base type), ``_compile_failed``, ``_book``, ``_layout_masks``,
+    ``_adam_steps``, ``_diag_count`` and, from ``AfterBaseSteps``, the after-base path.
     """
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
+    # -- the bookkeeping protocol (``bookkeeping``) -------------------------------------
+    def bookkeeping_params(self) -> frozenset[Tensor]:
+        """Params (with a gradient, now) whose next step runs in a fused kernel that can take a mask and count
+        sign flips (``set_bookkeeping``); empty where there is none (foreach implementation, SAM, ...)."""
+        if self._fusable is None or not self._use_compiled():
+            return frozenset()
+        params = []
+        for group in self.param_groups:
+            kind = self._group_kind(group)
+            if kind is not None:
+                params.extend(p for p in group["params"] if p.grad is not None and self._fusable_param(kind, p))
+        return frozenset(params)
 
-def _dense(t: Tensor) -> bool:
-    return (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-            or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)))
+    def set_bookkeeping(self, book: StepBookkeeping | None) -> None:
+        """Masks and flip slots for the next ``step()`` only (``bookkeeping.StepBookkeeping``)."""
+        self._book = book
 
+    def _take_book(self) -> StepBookkeeping | None:
+        book, self._book = self._book, None
+        return book
 
-def kernel_ready(p: Tensor, *others: Tensor | None) -> bool:
-    """Whether the compiled kernels can take p (and its grad/state) as flat aliases of one layout."""
-    if p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda") or p.numel() < 2:
-        return False
-    if not _dense(p):
-        return False
-    for t in others:
-        if t is None:
-            continue
-        if (t.layout != torch.strided or t.dtype != p.dtype or t.device != p.device
-                or t.shape != p.shape or t.stride() != p.stride()):
-            return False
-    return True
+    def _use_compiled(self) -> bool:
+        return (self.implementation != "foreach" and not self._compile_failed
+                and not torch.compiler.is_compiling())
 
+    # -- planning ------------------------------------------------------------------------
+    def _group_kind(self, group) -> str | None:
+        """The fused kind for a group's params, or None when its settings need the base's own step."""
+        lr, wd = C.scalar(group["lr"]), C.scalar(group["weight_decay"])
+        if lr is None or wd is None or group.get("differentiable", False):
+            return None
+        if self._fusable == "sgd" and C.scalar(group["momentum"]) is not None:
+            return "sgd_momentum" if group["momentum"] != 0 else "sgd"
+        if (self._fusable == "adam" and not group.get("amsgrad") and not group.get("capturable")
+                and not group.get("fused") and not any(isinstance(b, Tensor) for b in group["betas"])):
+            return "adam"
+        return None
 
-class CompiledSteps:
-    """Fused base+HAM kernels for torch SGD/Adam/AdamW, compiled HAM passes for other bases."""
+    def _state_tensors(self, kind: str, p: Tensor) -> tuple | None:
+        """The base's per-element state the kernel updates (None entries: not created yet); None: not fusable."""
+        state = self.state.get(p, {})
+        if kind == "sgd_momentum":
+            return (state.get("momentum_buffer"),)
+        if kind == "adam":
+            if state and (state["step"].device.type != "cpu" or "exp_avg" not in state):
+                return None
+            return state.get("exp_avg"), state.get("exp_avg_sq")
+        return ()
 
-    def _run_ham_kernels(self, items, lr: float, alpha: float, beta: float, maximize: bool) -> bool:
-        name = "ham" if self.variant == "hyp_star" else "ham_signed"
-        if not self._ensure_compiled({(name, p.device, self._serial(p)) for p, _, _ in items}):
-            return False
-        values = [lr, -1.0 if maximize else 1.0, alpha, beta, self.clamp]
-        hypers: dict[torch.device, Tensor] = {}
-        for p, grad, sign in items:
-            hyper = hypers.get(p.device)
-            if hyper is None:
-                hyper = hypers[p.device] = _hyper_tensor(values, p.device)
-            args = [_flat(p), _flat(grad)]
-            if sign is not None:
-                args.append(_flat(sign))
-            args.append(hyper)
-            self._call(name, p, args)
-        return True
+    def _fusable_param(self, kind: str, p: Tensor) -> bool:
+        extra = self._state_tensors(kind, p)
+        return extra is not None and C.kernel_ready(p, p.grad, *extra)
 
-    # -- compiled kernels --------------------------------------------------------------
-    @staticmethod
-    def _serial(p: Tensor) -> bool:
-        return p.device.type == "cpu" and p.numel() < K.PARALLEL_MIN_NUMEL
+    def _layout_mask(self, p: Tensor, mask: Tensor | None) -> Tensor | None:
+        """``mask`` as uint8 in ``p``'s layout: a view of a bool mask of that layout, else a copy (cached per
+        mask object and version)."""
+        if mask is None:
+            return None
+        if mask.dtype == torch.bool and mask.device == p.device and mask.stride() == p.stride():
+            return mask.view(torch.uint8)
+        cached = self._layout_masks.get(p)
+        if cached is None or cached[0] is not mask or cached[1] != mask._version:
+            cached = self._layout_masks[p] = (mask, mask._version,
+                                              torch.empty_like(p, dtype=torch.uint8).copy_(mask != 0))
+        return cached[2]
 
-    def _call(self, name: str, p: Tensor, args: list) -> None:
-        acc = self._accumulator(p.device)
-        if acc is not None:
-            args.append(acc)
-        K.compiled_kernel(name, acc is not None, self._serial(p))(*args)
-        # the kernel wrote through an alias: tell autograd that p changed in place
-        torch.autograd.graph.increment_version(p)
+    def _plan(self, book: StepBookkeeping | None):
+        """(fused groups, after-base groups, bookkept params left to the fallback) for this step."""
+        covered = {id(group): (alpha, beta, set(params)) for group, alpha, beta, params in self._covered_by_group()}
+        booked = book.params() if book is not None else set()
+        fused, rest, leftover = [], [], []
+        for group in self.param_groups:
+            kind = self._group_kind(group)
+            alpha, beta, factor = covered.get(id(group), (0.0, 0.0, ()))
+            items, others = [], []
+            for p in group["params"]:
+                in_factor, in_book = p in factor, p in booked
+                if p.grad is None or not (in_factor or in_book):
+                    continue
+                mask = self._layout_mask(p, book.masks.get(p)) if in_book else None
+                slot = book.flips.get(p) if in_book else None
+                if kind is not None and self._fusable_param(kind, p) and C.kernel_ready(p, mask):
+                    spec = C.spec_for(kind, factor=in_factor, mask=mask is not None, flips=slot is not None,
+                                      diagnostics=in_factor and self.diagnostics_enabled, serial=C.serial(p))
+                    items.append((p, spec, mask, slot))
+                    continue
+                if in_factor:
+                    others.append(p)
+                if in_book:
+                    leftover.append(p)
+            if items:
+                fused.append((group, kind, alpha, beta, items))
+            if others:
+                rest.append((group, alpha, beta, others))
+        return fused, rest, leftover
 
-    def _ensure_compiled(self, keys) -> bool:
-        """Compile (on small dummies, touching no real tensor) the kernels a step needs."""
+    # -- the step ------------------------------------------------------------------------
+    def _ensure_compiled(self, keys) -> dict | None:
+        """Compile (on small dummies, touching no real tensor) the kernels a step needs: {(spec, device): the
+        spec to call} (``kernel_cache.warm``), or None when compiling failed and 'auto' falls back."""
         try:
-            for name, device, serial in keys:
-                _warm(name, device, serial, self.diagnostics_enabled)
+            return {(spec, device): C.warm(spec, device) for spec, device in keys}
         except Exception as error:  # compiler missing or broken: only 'auto' may fall back
             if self.implementation == "compiled":
                 raise
             self._compile_failed = True
-            warnings.warn(f"HAM: torch.compile failed ({type(error).__name__}: {error}); "
+            warnings.warn(f"{type(self).__name__}: torch.compile failed ({type(error).__name__}: {error}); "
                           "using the foreach implementation from now on", RuntimeWarning, stacklevel=3)
-            return False
-        return True
+            return None
+
+    def _call(self, spec: KernelSpec, p: Tensor, args: list, hyper: Tensor) -> None:
+        """``args``: p, grad, state, mask and flip slot as flat tensors; the alias, hyper and acc follow."""
+        spec = C.warm(spec, p.device)  # compiled already: the spec to call (a dict lookup)
+        if spec.out_alias:
+            args.append(C.output_alias(p))
+        args.append(hyper)
+        if spec.diagnostics:
+            args.append(self._accumulator(p.device))
+        C.call(spec, p, args)
 
     def _step_compiled(self, closure):
-        """One step on the compiled path.
-
-        Other bases: base step, then compiled HAM passes. SGD/Adam/AdamW: the
-        closure (if any) runs first; the kernels' parameters hide their grads
-        from the base step, which then updates only the rest; the fused kernels
-        update the hidden ones (base update + HAM); the rest get HAM passes.
-        """
+        """One step on the compiled path (module docstring): the closure first, then the base step for the
+        params no kernel takes, the fused kernels, HAM's factor on covered params the kernels could not take."""
+        book = self._take_book()
         if self._fusable is None:
-            plan = self._covered_by_group()
-            signs = self._signs(plan)
-            loss = self._base_step(plan, closure)
-            self._apply_after_base(plan, signs, compiled=True)
-            return loss
+            return self._step_after_base(closure, book)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._covered_by_group()
-        fused, rest = [], []
-        for group, alpha, beta, params in plan:
-            kernel, items, others = self._fused_items(group, params)
-            if items:
-                fused.append((group, alpha, beta, kernel, items))
-            if others:
-                rest.append((group, alpha, beta, others))
-        if fused and not self._ensure_compiled({(kernel, p.device, self._serial(p))
-                                                for _, _, _, kernel, items in fused for p in items}):
-            return self._step_foreach(None, loss)
+        fused, rest, leftover = self._plan(book)
+        specs = {(spec, p.device) for *_, items in fused for p, spec, _, _ in items}
+        if specs and self._ensure_compiled(specs) is None:
+            return self._step_foreach(None, loss, book)
         signs = self._signs(rest)
-        hidden = [p for *_, items in fused for p in items]
-        grads = [p.grad for p in hidden]
-        for p in hidden:
-            p.grad = None
-        try:
-            self._base_step(rest)
-        finally:
-            for p, grad in zip(hidden, grads):
-                p.grad = grad
-        for group, alpha, beta, kernel, items in fused:
-            if kernel == "adam":
-                self._run_adam(group, alpha, beta, items)
-            else:
-                self._run_sgd(group, alpha, beta, kernel, items)
-        if self.diagnostics_enabled:
-            self._diag_count += sum(p.numel() for p in hidden)
-        self._apply_after_base(rest, signs, compiled=True)
+        hidden = [p for *_, items in fused for p, *_ in items]
+
+        def run():
+            grads = [p.grad for p in hidden]
+            for p in hidden:  # the base's own step must not touch them
+                p.grad = None
+            try:
+                self._base_step(rest)
+            finally:
+                for p, grad in zip(hidden, grads):
+                    p.grad = grad
+            for group, kind, alpha, beta, items in fused:
+                if kind == "adam":
+                    self._run_adam(group, alpha, beta, items)
+                else:
+                    self._run_sgd(group, alpha, beta, kind, items)
+            if self.diagnostics_enabled:
+                self._diag_count += sum(p.numel() for *_, items in fused for p, spec, _, _ in items if spec.factor)
+            self._apply_after_base(rest, signs, compiled=True)
+
+        if leftover:
+            around(book, leftover, run)
+        else:
+            run()
         return loss
 
-    def _fused_items(self, group, params):
-        """Split a group's covered params with grads into (kernel, fused, after-base)."""
-        lr = scalar(group["lr"])
-        wd = scalar(group["weight_decay"])
-        kernel = None
-        if lr is not None and wd is not None and not group.get("differentiable", False):
-            if self._fusable == "sgd" and scalar(group["momentum"]) is not None:
-                kernel = "sgd_momentum" if group["momentum"] != 0 else "sgd"
-            elif (self._fusable == "adam" and not group.get("amsgrad") and not group.get("capturable")
-                  and not group.get("fused") and not any(isinstance(b, Tensor) for b in group["betas"])):
-                kernel = "adam"
-        fused, others = [], []
-        for p in params:
-            if p.grad is None:
-                continue
-            state = self.state.get(p, {})
-            if kernel == "sgd_momentum":
-                extra = (state.get("momentum_buffer"),)
-            elif kernel == "adam":
-                if state and (state["step"].device.type != "cpu" or "exp_avg" not in state):
-                    others.append(p)
-                    continue
-                extra = (state.get("exp_avg"), state.get("exp_avg_sq"))
-            else:
-                extra = ()
-            if kernel is not None and kernel_ready(p, p.grad, *extra):
-                fused.append(p)
-            else:
-                others.append(p)
-        return kernel, fused, others
+    def _step_after_base(self, closure, book):
+        """A base the kernels cannot fuse (SAM, RMSprop, ...): its step, then compiled HAM passes."""
+        if book is not None and closure is not None:
+            return self._step_foreach(closure, book=book)  # same bookkeeping order as the foreach path
+        plan = self._covered_by_group()
+        signs = self._signs(plan)
 
-    def _run_sgd(self, group, alpha, beta, kernel, params) -> None:
-        values = [scalar(group["lr"]), scalar(group["weight_decay"]),
+        def run():
+            loss = self._base_step(plan, closure)
+            self._apply_after_base(plan, signs, compiled=True)
+            return loss
+
+        return around(book, book.params(), run) if book is not None else run()
+
+    def _run_sgd(self, group, alpha, beta, kind, items) -> None:
+        values = [C.scalar(group["lr"]), C.scalar(group["weight_decay"]),
                   -1.0 if group.get("maximize", False) else 1.0, alpha, beta, self.clamp,
                   1.0 if self.variant == "hyp" else 0.0]
-        if kernel == "sgd_momentum":
+        if kind == "sgd_momentum":
             values += [float(group["momentum"]), 1.0 - float(group["dampening"]),
                        1.0 if group["nesterov"] else 0.0]
         hypers: dict[tuple[torch.device, bool], Tensor] = {}
-        for p in params:
-            args = [_flat(p), _flat(p.grad)]
+        for p, spec, mask, slot in items:
+            args = [C.flat(p), C.flat(p.grad)]
             first = False
-            if kernel == "sgd_momentum":
+            if kind == "sgd_momentum":
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 first = buf is None
                 if first:
                     buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                args.append(_flat(buf))
+                args.append(C.flat(buf))
+            args += [C.flat(t) for t in (mask, slot) if t is not None]
             hyper = hypers.get((p.device, first))
             if hyper is None:
-                extra = [1.0 if first else 0.0] if kernel == "sgd_momentum" else []
-                hyper = hypers[(p.device, first)] = _hyper_tensor(values + extra, p.device)
-            args.append(hyper)
-            self._call(kernel, p, args)
+                extra = [1.0 if first else 0.0] if kind == "sgd_momentum" else []
+                hyper = hypers[(p.device, first)] = C.hyper_tensor(values + extra, p.device)
+            self._call(spec, p, args, hyper)
 
-    def _run_adam(self, group, alpha, beta, params) -> None:
-        lr, wd = scalar(group["lr"]), scalar(group["weight_decay"])
+    def _run_adam(self, group, alpha, beta, items) -> None:
+        lr, wd = C.scalar(group["lr"]), C.scalar(group["weight_decay"])
         beta1, beta2 = (float(b) for b in group["betas"])
         decoupled = group.get("decoupled_weight_decay", isinstance(self.base_optimizer, torch.optim.AdamW))
         steps, hypers = [], {}
-        for p in params:
+        for p, spec, mask, slot in items:
             state = self.state[p]
             if len(state) == 0:
                 scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
                 state["step"] = torch.tensor(0.0, dtype=scalar_dtype)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            step = state["step"].item() + 1
-            steps.append(state["step"])
+            step = self._adam_step(state["step"]) + 1
+            steps.append((state["step"], step))
             hyper = hypers.get((p.device, step))
             if hyper is None:
                 values = [lr, 0.0 if decoupled else wd, -1.0 if group.get("maximize", False) else 1.0,
                           alpha, beta, self.clamp, 1.0 if self.variant == "hyp" else 0.0,
                           1.0 - lr * wd if decoupled else 1.0, 1.0 - beta1, beta2, 1.0 - beta2,
                           lr / (1.0 - beta1 ** step), (1.0 - beta2 ** step) ** 0.5, float(group["eps"])]
-                hyper = hypers[(p.device, step)] = _hyper_tensor(values, p.device)
-            args = [_flat(p), _flat(p.grad), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), hyper]
-            self._call("adam", p, args)
-        torch._foreach_add_(steps, 1.0)
+                hyper = hypers[(p.device, step)] = C.hyper_tensor(values, p.device)
+            args = [C.flat(p), C.flat(p.grad), C.flat(state["exp_avg"]), C.flat(state["exp_avg_sq"])]
+            args += [C.flat(t) for t in (mask, slot) if t is not None]
+            self._call(spec, p, args, hyper)
+        torch._foreach_add_([tensor for tensor, _ in steps], 1.0)
+        for tensor, step in steps:  # the count as a number, valid while the tensor is not written elsewhere
+            self._adam_steps[tensor] = (tensor._version, step)
 
-
-_KERNEL_ARITY = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "ham": 0, "ham_signed": 1}
-_HYPER_LENGTH = {"sgd": len(K.SGD_HYPER), "sgd_momentum": len(K.SGD_MOMENTUM_HYPER),
-                 "adam": len(K.ADAM_HYPER), "ham": len(K.HAM_HYPER), "ham_signed": len(K.HAM_HYPER)}
-_WARMED: set[tuple[str, str, bool, bool]] = set()
-
-
-def _hyper_tensor(values: list[float], device: torch.device) -> Tensor:
-    hyper = torch.tensor(values, dtype=torch.float32)
-    if device.type == "cuda":
-        hyper = hyper.pin_memory().to(device, non_blocking=True)
-    elif device.type != "cpu":
-        hyper = hyper.to(device)
-    return hyper
-
-
-def _warm(name: str, device: torch.device, serial: bool, diagnostics: bool) -> None:
-    """Compile a kernel variant on dummies; serial reductions specialise on size <= 4096, so two sizes."""
-    key = (name, str(device), serial, diagnostics)
-    if key in _WARMED:
-        return
-    started = time.perf_counter()
-    for numel in ((64, 8192) if serial else (4 * K.PARALLEL_MIN_NUMEL,)):
-        args = [torch.zeros(numel, device=device) for _ in range(2 + _KERNEL_ARITY[name])]
-        if name == "ham_signed":
-            args[2] = torch.zeros(numel, dtype=torch.int8, device=device)
-        args.append(torch.zeros(_HYPER_LENGTH[name], device=device))
-        if diagnostics:
-            args.append(torch.zeros(3, dtype=torch.float64, device=device))
-        K.compiled_kernel(name, diagnostics, serial)(*args)
-    compile_time.add(time.perf_counter() - started)  # reported apart from the epoch's throughput
-    _WARMED.add(key)
+    def _adam_step(self, tensor: Tensor) -> float:
+        """Adam's step count (a CPU tensor), from the number this optimizer wrote last unless it changed since."""
+        cached = self._adam_steps.get(tensor)
+        if cached is not None and cached[0] == tensor._version:
+            return cached[1]
+        return tensor.item()

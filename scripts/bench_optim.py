@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ham_bench.optim import HAM, FusedOptimizer  # noqa: E402
 from ham_bench.optim.bookkeeping import StepBookkeeping  # noqa: E402
 from ham_bench.optim.divergence import probe  # noqa: E402
+from ham_bench.provenance import cpu_model  # noqa: E402
 
 LR, ALPHA, BETA, CLAMP = 0.1, 200.0, 1e-3, 5.0
 GRAD_SCALE = 1e-3  # |exponent| ~ lr * alpha * |g| ~ 0.02: realistic, far from the clamp
@@ -184,16 +184,6 @@ def time_round_robin(named: dict[str, object], repeats: int, naive_repeats: int)
             times[name].append(time.perf_counter() - started)
             cpu[name].append(time.thread_time() - started_cpu)
     return times, cpu
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:

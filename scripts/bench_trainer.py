@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -47,6 +46,7 @@ from torch import nn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from ham_bench.provenance import cpu_model  # noqa: E402
 from ham_bench.run import build_trainer  # noqa: E402
 
 MODELS = {  # model, dataset overrides, batch size
@@ -180,16 +180,6 @@ def bench_model(model: str, args, run_root: Path) -> dict:
         rows.append((name, 1e3 * total / (args.rounds * args.chunk), total / bare_total, *quartiles(ratios)))
     return {"rows": rows, "loads": loads, "warm_seconds": warm_seconds, "batch": MODELS[model][1],
             "overrides": base, "variants": variants}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def section(label: str, results: dict, args, command: str, revision: str) -> str:

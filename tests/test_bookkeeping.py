@@ -122,13 +122,19 @@ def test_fallback_counts_the_definition_step_by_step(method):
         assert sum(map(sum, flips)) > 0
 
 
-def test_plain_torch_optimizer_gets_the_fallback():
+def plain_sgd(sparsifier):
+    """``sparsifier`` attached to a fresh contract model (seed 0) and bound to torch's own SGD."""
     torch.manual_seed(0)
     model = contract_model()
-    sparsifier = build_sparsifier(METHODS["rigl"])
     sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=STEPS))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     sparsifier.bind_optimizer(optimizer)
+    return model, optimizer
+
+
+def test_plain_torch_optimizer_gets_the_fallback():
+    sparsifier = build_sparsifier(METHODS["rigl"])
+    model, optimizer = plain_sgd(sparsifier)
     reference = ReferenceFlips(sparsifier.effective_weights())
     for step, (x, y) in enumerate(contract_batches(STEPS)):
         record = train_step(model, optimizer, sparsifier, x, y, step)
@@ -149,14 +155,10 @@ class PrunesAfterStep(RandomSparsifier):
 
 def test_an_undeclared_mask_change_after_the_step_raises_and_a_declared_one_is_counted_exactly():
     def train(declared):
-        torch.manual_seed(0)
-        model = contract_model()
         sparsifier = PrunesAfterStep(sparsity=0.8)
         if declared:
             sparsifier.changes_masks_after_step = lambda step: step == 1
-        sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=STEPS))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-        sparsifier.bind_optimizer(optimizer)
+        model, optimizer = plain_sgd(sparsifier)
         reference = ReferenceFlips(sparsifier.effective_weights())
         for step, (x, y) in enumerate(contract_batches(STEPS)):
             record = train_step(model, optimizer, sparsifier, x, y, step)
@@ -169,12 +171,8 @@ def test_an_undeclared_mask_change_after_the_step_raises_and_a_declared_one_is_c
 
 
 def test_the_meter_adds_the_engines_counts():
-    torch.manual_seed(0)
-    model = contract_model()
     sparsifier = build_sparsifier(METHODS["random"])
-    sparsifier.attach(model, TrainingContext(epochs=1, steps_per_epoch=STEPS))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    sparsifier.bind_optimizer(optimizer)
+    model, optimizer = plain_sgd(sparsifier)
     meters = build_meters(model, sparsifier, optimizer, input_shape=(1, 8, 8), batch_size=16, steps_per_epoch=STEPS)
     total = torch.zeros(4, dtype=torch.int64)
     for step, (x, y) in enumerate(contract_batches(STEPS)):

@@ -73,7 +73,9 @@ class AfterBaseSteps:
             return None
         return [[torch.sign(p).to(torch.int8) for p in params] for _, _, _, params in plan]
 
-    def _step_foreach(self, closure, loss=None, book: StepBookkeeping | None = None):
+    def _step_foreach(self, closure, loss=None, book: StepBookkeeping | None = None, compiled: bool = False):
+        """The base's step, then HAM's factor on the covered weights (``compiled``: through the compiled
+        HAM passes), the bookkeeping of ``book`` around it."""
         if book is not None and closure is not None and self.requires_closure:
             closure = masked_gradients(book, closure)  # SAM's passes: each one's gradients masked
         elif book is not None and closure is not None:  # gradients come from the closure: mask them after it
@@ -85,7 +87,7 @@ class AfterBaseSteps:
 
         def run():
             base_loss = self._base_step(plan, closure)
-            self._apply_after_base(plan, signs, compiled=False)
+            self._apply_after_base(plan, signs, compiled=compiled)
             return base_loss
 
         base_loss = around(book, book.params(), run) if book is not None else run()

@@ -171,8 +171,9 @@ class FusedSteps:
         """One step on the compiled path (module docstring): the closure first, then the base step for the
         params no kernel takes, the fused kernels, HAM's factor on covered params the kernels could not take."""
         book = self._take_book()
-        if self._fusable is None:
-            return self._step_after_base(closure, book)
+        if self._fusable is None:  # a base the kernels cannot fuse (SAM, RMSprop, ...): its step, then HAM
+            # through compiled passes; with a book and a closure, the foreach path's bookkeeping order
+            return self._step_foreach(closure, book=book, compiled=book is None or closure is None)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -207,20 +208,6 @@ class FusedSteps:
         else:
             run()
         return loss
-
-    def _step_after_base(self, closure, book):
-        """A base the kernels cannot fuse (SAM, RMSprop, ...): its step, then compiled HAM passes."""
-        if book is not None and closure is not None:
-            return self._step_foreach(closure, book=book)  # same bookkeeping order as the foreach path
-        plan = self._covered_by_group()
-        signs = self._signs(plan)
-
-        def run():
-            loss = self._base_step(plan, closure)
-            self._apply_after_base(plan, signs, compiled=True)
-            return loss
-
-        return around(book, book.params(), run) if book is not None else run()
 
     def _run_sgd(self, group, alpha, beta, kind, items) -> None:
         values = [C.scalar(group["lr"]), C.scalar(group["weight_decay"]),

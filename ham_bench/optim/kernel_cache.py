@@ -20,6 +20,7 @@ replaced by its variant without the alias (correct, one loop more).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import types
 from typing import Any
@@ -56,6 +57,7 @@ def compiled_kernel(spec: KernelSpec):
     return fn
 
 
+@functools.lru_cache(maxsize=None)  # called per tensor and step: make each variant's spec once
 def spec_for(kind: str, **flags) -> KernelSpec:
     """The kernel variant to plan with: kernels with a reduction write through an output alias."""
     spec = KernelSpec(kind, **flags)
